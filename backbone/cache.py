@@ -1,0 +1,38 @@
+"""KV cache: a module that holds pre-allocated key/value buffers (gpt-fast style)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class KVCache(nn.Module):
+    """Pre-allocated (B, n_kv_head, max_seq, head_dim) key and value buffers for one layer.
+
+    Slots are written with ``index_copy_`` at ``input_pos`` so that the same code serves
+    prefill (many slots) and decoding (one slot), and rolling back is just writing again.
+    """
+
+    def __init__(self, max_batch: int, n_kv_head: int, max_seq: int, head_dim: int,
+                 dtype=torch.float32, device=None):
+        super().__init__()
+        shape = (max_batch, n_kv_head, max_seq, head_dim)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def max_seq(self) -> int:
+        return self.k_cache.shape[2]
+
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, upto: int | None = None) -> tuple[Tensor, Tensor]:
+        """Write k, v (B, nkv, T, hs) at slots input_pos (T,); return the filled (B, nkv, S, hs) views.
+
+        ``upto`` (S) is how many slots to return; default: up to the last written slot.
+        Returning only the filled prefix keeps CPU decoding cheap; pass ``upto=max_seq``
+        (with a mask) for static shapes under ``torch.compile``.
+        """
+        B = k.shape[0]
+        kc, vc = self.k_cache[:B], self.v_cache[:B]
+        kc.index_copy_(2, input_pos, k.to(kc.dtype))
+        vc.index_copy_(2, input_pos, v.to(vc.dtype))
+        S = int(input_pos[-1]) + 1 if upto is None else upto
+        return kc[:, :, :S], vc[:, :, :S]

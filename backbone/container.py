@@ -1,0 +1,120 @@
+"""The model container: backbone + named input adapters + named heads, saved as one folder.
+
+A folder holds ``config.json`` (naming every part) and ``model.safetensors`` (+ tokenizer files
+written by the modality). One checkpoint may carry several heads. Adding a modality means
+adding a file in modalities/ and one in heads/; the container imports them by dotted name
+from the config, restricted to this project's packages (so a config can't import arbitrary code).
+"""
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from .transformer import ModelArgs, Transformer
+
+ALLOWED_PACKAGES = ("backbone.", "heads.", "modalities.")
+
+
+def part(cls: type, **kwargs) -> dict:
+    """Config entry for an adapter or head: ``part(LMHead, dim=384, vocab_size=65)``."""
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "kwargs": kwargs}
+
+
+def _import_class(path: str) -> type:
+    if not path.startswith(ALLOWED_PACKAGES):
+        raise ValueError(f"refusing to import {path!r}: parts must live in {ALLOWED_PACKAGES}")
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)
+
+
+class OmniModel(nn.Module):
+    """config = {"backbone": ModelArgs fields, "adapters": {name: part}, "heads": {name: part},
+    "meta": free-form (tokenizer kind, training command, ...)}."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.config.setdefault("adapters", {})
+        self.config.setdefault("heads", {})
+        self.config.setdefault("meta", {})
+        self.args = ModelArgs(**self.config["backbone"])
+        self.backbone = Transformer(self.args)
+        self.adapters = nn.ModuleDict({n: _import_class(p["class"])(**p.get("kwargs", {}))
+                                       for n, p in self.config["adapters"].items()})
+        self.heads = nn.ModuleDict({n: _import_class(p["class"])(**p.get("kwargs", {}))
+                                    for n, p in self.config["heads"].items()})
+        for head in self.heads.values():
+            if getattr(head, "tie", False):
+                head.proj.weight = self.backbone.tok_embeddings.weight
+
+    @classmethod
+    def build(cls, args: ModelArgs, heads: dict[str, dict], adapters: dict[str, dict] | None = None,
+              meta: dict | None = None) -> "OmniModel":
+        return cls({"backbone": args.to_dict(), "heads": heads, "adapters": adapters or {}, "meta": meta or {}})
+
+    def forward(self, input_ids: Tensor | None = None, targets: dict | None = None,
+                loss_weights: dict[str, float] | None = None, **backbone_kwargs):
+        """Backbone forward, plus the weighted sum of head losses when ``targets`` is given.
+
+        targets: {head_name: target} where target is either (B, T) for heads that score every
+            position (LM: -100 = ignore), or a pair (select (B, T) bool, target (N, ...)) for heads
+            that predict at selected positions only (image patches, series segments).
+        Returns h (B, T, D) without targets, else (loss scalar, {head_name: loss}).
+        """
+        h = self.backbone(input_ids=input_ids, **backbone_kwargs)
+        if not targets:
+            return h
+        losses = {}
+        for name, tgt in targets.items():
+            if isinstance(tgt, (tuple, list)):
+                sel, tgt = tgt
+                losses[name] = self.heads[name].loss(h[sel], tgt)
+            else:
+                losses[name] = self.heads[name].loss(h, tgt)
+        w = loss_weights or {}
+        total = sum(w.get(n, 1.0) * l for n, l in losses.items())
+        return total, losses
+
+    # ---- checkpoint I/O (safetensors only; nothing is unpickled) -------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer=None) -> Path:
+        """Write config.json + model.safetensors (+ tokenizer files) into ``folder``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / "model.safetensors.tmp"
+        save_model(self, str(tmp))  # drops tied duplicates, load_model restores them
+        os.replace(tmp, folder / "model.safetensors")
+        atomic_write_text(folder / "config.json", json.dumps(self.config, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, device=None, dtype: torch.dtype | None = None) -> "OmniModel":
+        """Load a folder written by ``save_pretrained``. Raises FileNotFoundError with the path."""
+        folder = Path(folder)
+        for f in ("config.json", "model.safetensors"):
+            if not (folder / f).is_file():
+                raise FileNotFoundError(f"{folder / f} not found: not an OmniAR checkpoint folder "
+                                        "(expected config.json + model.safetensors; nothing is downloaded)")
+        model = cls(json.loads((folder / "config.json").read_text()))
+        load_model(model, str(folder / "model.safetensors"), strict=True)
+        model.eval()
+        return model.to(device=device, dtype=dtype) if (device or dtype) else model
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def atomic_write_text(path: str | os.PathLike, text: str):
+    """Write via a temp file + rename so a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,127 @@
+"""The one generation loop (gpt-fast style: prefill, decode_one_token, decode_n_tokens).
+
+Batched prompts of different lengths are left-padded; an attention mask hides the padding
+and per-row position ids start every prompt at 0, so a batched run gives the same tokens
+as running each prompt alone. Later modalities plug in by choosing the head and the way a
+sample becomes the next input embedding; the loop itself stays this one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from .masks import build_mask
+from .sampling import SamplingParams
+
+
+@dataclass
+class DecodeState:
+    """What the loop carries between steps."""
+    positions: Tensor        # (B,) next position id of each row
+    key_valid: Tensor | None  # (B, max_seq) False at padding slots; None = no padding
+    next_slot: int           # next cache slot to write (shared by all rows)
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """list of token lists -> ids (B, P) left-padded, attention_mask (B, P) (1 = real token)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    P = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), P), pad_id, dtype=torch.long)
+    am = torch.zeros((len(prompts), P), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p):] = torch.as_tensor(p, dtype=torch.long)
+        am[i, P - len(p):] = 1
+    return ids, am
+
+
+@torch.no_grad()
+def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int) -> tuple[Tensor, DecodeState]:
+    """Run the prompt through the backbone, filling the cache.
+
+    input_ids, attention_mask: (B, P). Returns the last hidden state (B, D) and the DecodeState.
+    """
+    B, P = input_ids.shape
+    dev = input_ids.device
+    bb = model.backbone
+    bb.setup_cache(B, max_seq, device=dev)
+    padded = bool((attention_mask == 0).any())
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, P)
+    input_pos = torch.arange(P, device=dev)
+    key_valid, mask = None, None
+    if padded:
+        key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
+        key_valid[:, :P] = attention_mask.bool()
+        mask = build_mask(input_pos, input_pos, key_valid[:, :P], input_pos)   # (B, 1, P, P)
+    h = bb(input_ids=input_ids, positions=positions, mask=mask, input_pos=input_pos)  # (B, P, D)
+    state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P)
+    return h[:, -1], state
+
+
+@torch.no_grad()
+def decode_one_token(model, token: Tensor, state: DecodeState) -> Tensor:
+    """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place."""
+    bb = model.backbone
+    slot = torch.tensor([state.next_slot], device=token.device)
+    mask = None
+    if state.key_valid is not None:
+        mask = state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
+    h = bb(input_ids=token[:, None], positions=state.positions[:, None], mask=mask, input_pos=slot)
+    state.positions = state.positions + 1
+    state.next_slot += 1
+    return h[:, -1]
+
+
+@torch.no_grad()
+def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams, n: int,
+                    head: str = "lm", generator: torch.Generator | None = None,
+                    seen: Tensor | None = None) -> Iterator[Tensor]:
+    """Sample from ``h`` (B, D), feed the token back, repeat n times. Yields (B,) tokens."""
+    lm = model.heads[head]
+    for i in range(n):
+        tok = lm.sample(h, params, generator, seen)                             # (B,)
+        if seen is not None:
+            seen[torch.arange(tok.shape[0]), tok] = True
+        yield tok
+        if i + 1 < n:
+            h = decode_one_token(model, tok, state)
+
+
+@torch.no_grad()
+def generate(model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
+             pad_id: int = 0, device=None) -> Iterator[Tensor]:
+    """Stream tokens for a batch of prompts. Yields (B,) token tensors, one per step.
+
+    Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
+    ``params.max_new_tokens``. Raises ValueError for a prompt longer than the context.
+    """
+    params.validate()
+    device = device or next(model.parameters()).device
+    ids, am = left_pad(prompts, pad_id)
+    ids, am = ids.to(device), am.to(device)
+    P, block = ids.shape[1], model.args.block_size
+    if P >= block:
+        raise ValueError(f"prompt is {P} tokens but the model's context is {block}; shorten the prompt")
+    n = min(params.max_new_tokens, block - P)
+    gen = None
+    if params.seed is not None:
+        gen = torch.Generator(device=device).manual_seed(params.seed)
+    seen = None
+    if params.repetition_penalty != 1.0:
+        seen = torch.zeros(ids.shape[0], model.heads[head].vocab_size, dtype=torch.bool, device=device)
+        seen.scatter_(1, ids, am.bool())
+    stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    try:
+        h, state = prefill(model, ids, am, P + n)
+        for tok in decode_n_tokens(model, h, state, params, n, head, gen, seen):
+            out = torch.where(done, torch.full_like(tok, -1), tok)
+            done |= torch.isin(tok, stop)
+            yield out
+            if bool(done.all()):
+                break
+    finally:
+        model.backbone.clear_cache()

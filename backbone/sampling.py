@@ -1,0 +1,84 @@
+"""Sampling utilities shared by every discrete head: logits processing and the categorical draw.
+
+The draw is done in float64: Zheng et al. (2024, "Masked diffusion models are secretly
+time-agnostic masked models and exploit inaccurate categorical sampling") show that
+float32 Gumbel sampling truncates the noise tail and silently lowers the temperature.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings. ``temperature == 0`` means greedy."""
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 100
+    stop_tokens: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    MAX_NEW_TOKENS_LIMIT = 1_000_000
+
+    def validate(self) -> "SamplingParams":
+        """Raise ValueError with a clear message on absurd settings."""
+        def bad(msg):
+            raise ValueError(msg)
+        if not (self.temperature >= 0):  # also rejects NaN
+            bad(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            bad(f"top_k must be >= 1 or unset, got {self.top_k}")
+        if self.top_p is not None and not (0 < self.top_p <= 1):
+            bad(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.min_p is not None and not (0 <= self.min_p < 1):
+            bad(f"min_p must be in [0, 1), got {self.min_p}")
+        if not (self.repetition_penalty > 0):
+            bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (1 <= self.max_new_tokens <= self.MAX_NEW_TOKENS_LIMIT):
+            bad(f"max_new_tokens must be in [1, {self.MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}")
+        return self
+
+
+def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """CTRL-style penalty (Keskar et al. 2019). logits (B, V); seen (B, V) bool."""
+    if penalty == 1.0:
+        return logits
+    pen = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, pen, logits)
+
+
+def process_logits(logits: Tensor, p: SamplingParams) -> Tensor:
+    """Temperature, top-k, top-p, min-p on (B, V) logits; returns float64 logits (-inf = banned)."""
+    logits = logits.double() / max(p.temperature, 1e-8)
+    if p.top_k is not None and p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.min_p is not None and p.min_p > 0:
+        probs = logits.softmax(-1)
+        thresh = p.min_p * probs.max(-1, keepdim=True).values
+        logits = logits.masked_fill(probs < thresh, float("-inf"))
+    if p.top_p is not None and p.top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    return logits
+
+
+def sample_from_logits(logits: Tensor, p: SamplingParams, generator: torch.Generator | None = None,
+                       seen: Tensor | None = None) -> Tensor:
+    """Draw next tokens. logits (B, V) -> (B,) long. Greedy when temperature == 0."""
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, p.repetition_penalty)
+    if p.temperature == 0:
+        return logits.argmax(-1)
+    probs = process_logits(logits, p).softmax(-1)  # float64
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -1,0 +1,299 @@
+"""The OmniAR backbone: one decoder-only transformer, read top to bottom.
+
+Takes token ids, continuous embeddings, or a mix of both; returns final hidden states.
+Heads (heads/) turn hidden states into losses and samples; the backbone never knows
+which modality it is looking at.
+
+Defaults follow the Llama family (RMSNorm, RoPE, grouped-query attention, SwiGLU);
+switches cover GPT-2 (LayerNorm, learned positions, GELU, biases) so that both families
+of checkpoints load into this one file (backbone/hf_import.py), and Primer's squared ReLU
+(So et al. 2021) as an MLP option.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .cache import KVCache
+from .masks import MaskSpec, build_mask
+
+
+def find_multiple(n: int, k: int) -> int:
+    return n if n % k == 0 else n + k - (n % k)
+
+
+@dataclass
+class ModelArgs:
+    vocab_size: int = 256
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int | None = None          # < n_head: grouped-query attention (Ainslie et al. 2023)
+    dim: int = 384
+    head_dim: int | None = None           # default dim // n_head
+    intermediate_size: int | None = None  # default 4*dim, or ~8/3*dim for SwiGLU
+    block_size: int = 256                 # maximum context (positions)
+    norm: str = "rmsnorm"                 # "rmsnorm" | "layernorm"
+    norm_eps: float = 1e-5
+    mlp: str = "swiglu"                   # "swiglu" | "relu2" (Primer) | "gelu" | "gelu_tanh" (GPT-2)
+    pos: str = "rope"                     # "rope" | "learned" (GPT-2)
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None      # {"rope_type": "llama3", ...} as in HF configs
+    qkv_bias: bool = False                # Qwen2, GPT-2
+    out_bias: bool = False                # GPT-2
+    mlp_bias: bool = False                # GPT-2
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)  # free-form notes carried in config.json
+
+    def __post_init__(self):
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.head_dim is None:
+            self.head_dim = self.dim // self.n_head
+        if self.intermediate_size is None:
+            self.intermediate_size = (find_multiple(int(2 * 4 * self.dim / 3), 32)
+                                      if self.mlp == "swiglu" else 4 * self.dim)
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        for name, val, allowed in [("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS), ("pos", self.pos, ("rope", "learned"))]:
+            if val not in allowed:
+                raise ValueError(f"unknown {name}={val!r}; choose one of {list(allowed)}")
+
+    @classmethod
+    def from_name(cls, name: str, **overrides) -> "ModelArgs":
+        """Named size preset, optionally overridden, e.g. ``ModelArgs.from_name("mini", vocab_size=65)``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+        return replace(cls(**PRESETS[name]), **overrides) if overrides else cls(**PRESETS[name])
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+GPT2_STYLE = dict(norm="layernorm", mlp="gelu_tanh", pos="learned", qkv_bias=True, out_bias=True, mlp_bias=True)
+PRESETS: dict[str, dict] = {
+    "tiny": dict(n_layer=2, n_head=4, n_kv_head=2, dim=32, block_size=64),
+    "nano": dict(n_layer=4, n_head=4, dim=128, block_size=64),           # nanoGPT's CPU recipe shape
+    "mini": dict(n_layer=6, n_head=6, dim=384, block_size=256),          # nanoGPT shakespeare_char shape
+    "small": dict(n_layer=12, n_head=12, dim=768, block_size=1024),      # GPT-2 small shape
+    "llama-1b": dict(n_layer=16, n_head=32, n_kv_head=8, dim=2048, intermediate_size=8192,
+                     block_size=8192, rope_theta=500000.0),              # Llama-3.2-1B shape
+    "nano-gpt2": dict(n_layer=4, n_head=4, dim=128, block_size=64, **GPT2_STYLE),
+    "mini-gpt2": dict(n_layer=6, n_head=6, dim=384, block_size=256, **GPT2_STYLE),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # normalise in fp32 as Llama does, so bf16 runs keep the statistics exact
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": nn.LayerNorm}
+MLPS = ("swiglu", "relu2", "gelu", "gelu_tanh")
+
+
+def rope_inv_freq(args: ModelArgs) -> Tensor:
+    """(head_dim/2,) inverse frequencies, with Llama-3 long-context scaling if configured."""
+    hd = args.head_dim
+    inv = 1.0 / (args.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    rs = args.rope_scaling
+    if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+        factor, lo, hi = rs["factor"], rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old = rs["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv
+        smooth = (old / wavelen - lo) / (hi - lo)
+        scaled = torch.where(wavelen > old / lo, inv / factor, inv)
+        mid = (wavelen <= old / lo) & (wavelen >= old / hi)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif rs and rs.get("rope_type", rs.get("type")) not in (None, "default"):
+        raise ValueError(f"unsupported rope_scaling {rs}")
+    return inv.float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x (B, nh, T, hs); cos/sin (B, 1, T, hs). Rotate-half convention, as HF Llama."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = args.n_head, args.n_kv_head, args.head_dim
+        self.wqkv = nn.Linear(args.dim, (args.n_head + 2 * args.n_kv_head) * args.head_dim, bias=args.qkv_bias)
+        self.wo = nn.Linear(args.n_head * args.head_dim, args.dim, bias=args.out_bias)
+        self.dropout = args.dropout
+        self.kv_cache: KVCache | None = None
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
+                input_pos: Tensor | None) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
+                                      self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(input_pos, k, v)                 # (B, nkv, S, hs)
+        is_causal = mask is None and T > 1  # with a cache this is a prefill from slot 0: Tq == Tk
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                           dropout_p=self.dropout if self.training else 0.0,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, nh, T, hs)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.kind = args.mlp
+        n_in = 2 * args.intermediate_size if args.mlp == "swiglu" else args.intermediate_size
+        self.w_in = nn.Linear(args.dim, n_in, bias=args.mlp_bias)   # SwiGLU: [gate; up] fused
+        self.w_out = nn.Linear(args.intermediate_size, args.dim, bias=args.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.w_in(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        return self.w_out(h)
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        Norm = NORMS[args.norm]
+        self.attn_norm, self.mlp_norm = Norm(args.dim, eps=args.norm_eps), Norm(args.dim, eps=args.norm_eps)
+        self.attn, self.mlp = Attention(args), MLP(args)
+        self.drop = nn.Dropout(args.dropout)
+
+    def forward(self, x, rope, mask, input_pos):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.pos_embeddings = nn.Embedding(args.block_size, args.dim) if args.pos == "learned" else None
+        self.drop = nn.Dropout(args.dropout)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layer))
+        self.norm = NORMS[args.norm](args.dim, eps=args.norm_eps)
+        if args.pos == "rope":
+            self.register_buffer("inv_freq", rope_inv_freq(args), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2L)
+            if name.endswith(("attn.wo.weight", "mlp.w_out.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * args.n_layer))
+
+    @staticmethod
+    def _init_weights(m: nn.Module):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    # ---- KV cache -------------------------------------------------------------------------
+    def setup_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None, device=None):
+        """Allocate a KVCache of (max_batch, n_kv_head, max_seq, head_dim) in every layer."""
+        if max_seq > self.args.block_size and self.args.pos == "learned":
+            raise ValueError(f"max_seq={max_seq} exceeds block_size={self.args.block_size}")
+        p = self.tok_embeddings.weight
+        for layer in self.layers:
+            layer.attn.kv_cache = KVCache(max_batch, self.args.n_kv_head, max_seq, self.args.head_dim,
+                                          dtype or p.dtype, device or p.device)
+
+    def clear_cache(self):
+        for layer in self.layers:
+            layer.attn.kv_cache = None
+
+    @property
+    def has_cache(self) -> bool:
+        return self.layers[0].attn.kv_cache is not None
+
+    # ---- forward --------------------------------------------------------------------------
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """(B, T) token ids -> (B, T, D) input embeddings."""
+        return self.tok_embeddings(input_ids)
+
+    def forward(self, input_ids: Tensor | None = None, embeds: Tensor | None = None,
+                embed_mask: Tensor | None = None, positions: Tensor | None = None,
+                mask: MaskSpec | Tensor | None = None, input_pos: Tensor | None = None) -> Tensor:
+        """Run the backbone and return the final (normed) hidden states.
+
+        Args:
+            input_ids: (B, T) token ids, or None when ``embeds`` carries everything.
+            embeds: (B, T, D) continuous input embeddings (image patches, series segments).
+            embed_mask: (B, T) bool, True where ``embeds`` replaces the token embedding
+                (a mixed sequence). Without it, ``embeds`` is the whole input.
+            positions: (B, T) or (T,) position ids for RoPE / learned positions.
+                Default: ``input_pos`` when decoding with the cache, else 0..T-1.
+            mask: a MaskSpec (causal / prefix / block ids / padding) or a ready-made
+                (B, 1, T, S) bool mask. None = causal.
+            input_pos: (T,) cache slots to write (with a cache set up by ``setup_cache``).
+        Returns:
+            h: (B, T, D) hidden states.
+        """
+        if input_ids is not None:
+            x = self.tok_embeddings(input_ids)
+            if embeds is not None:
+                if embed_mask is None:
+                    raise ValueError("embeds given together with input_ids need an embed_mask")
+                x = torch.where(embed_mask.unsqueeze(-1), embeds.to(x.dtype), x)
+        elif embeds is not None:
+            x = embeds
+        else:
+            raise ValueError("give input_ids or embeds")
+        B, T, _ = x.shape
+        if self.has_cache and input_pos is None:
+            raise ValueError("the KV cache is set up: pass input_pos (the cache slots to write)")
+        if positions is None:
+            positions = input_pos if input_pos is not None else torch.arange(T, device=x.device)
+        if (input_pos is None or T > 1) and int(positions.max()) >= self.args.block_size:
+            raise ValueError(f"position {int(positions.max())} exceeds block_size={self.args.block_size}")
+        if isinstance(mask, MaskSpec):
+            mask = mask.build(T, x.device)
+        if mask is None and input_pos is not None and T > 1 and int(input_pos[0]) != 0:
+            # chunked prefill / verification with a cache: causal over absolute slots
+            # (a prefill from slot 0 keeps mask=None and takes SDPA's is_causal path)
+            S = int(input_pos[-1]) + 1
+            mask = build_mask(input_pos, torch.arange(S, device=x.device))
+
+        rope = None
+        if self.pos_embeddings is not None:
+            x = x + self.pos_embeddings(positions)
+        else:
+            freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # (B?, T, hs/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            if emb.dim() == 2:
+                emb = emb.unsqueeze(0)
+            rope = (emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1))  # (B, 1, T, hs)
+        x = self.drop(x)
+        for layer in self.layers:
+            x = layer(x, rope, mask, input_pos)
+        return self.norm(x)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_embeddings.weight.numel()
+            if self.pos_embeddings is not None:
+                n -= self.pos_embeddings.weight.numel()
+        return n

@@ -1,0 +1,176 @@
+"""Text modality: tokenizers (char-level and byte-level BPE) and token-stream batches.
+
+Both tokenizers save to / load from the checkpoint folder beside ``model.safetensors``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class CharTokenizer:
+    """One id per character seen in training (nanoGPT shakespeare_char), plus special tokens."""
+
+    kind = "char"
+
+    def __init__(self, chars: str | list[str], special_tokens: list[str] | None = None):
+        self.chars = sorted(set(chars))
+        self.special_tokens = list(special_tokens or [])
+        self.itos = self.chars + self.special_tokens
+        self.stoi = {s: i for i, s in enumerate(self.itos)}
+
+    @classmethod
+    def train(cls, text: str, special_tokens: list[str] | None = None) -> "CharTokenizer":
+        return cls(text, special_tokens)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def token_id(self, token: str) -> int:
+        return self.stoi[token]
+
+    def encode(self, text: str) -> list[int]:
+        """str -> ids. Raises ValueError naming every character outside the vocabulary."""
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            unknown = sorted({c for c in text if c not in self.stoi})
+            raise ValueError(f"characters outside this model's vocabulary: {unknown!r} "
+                             f"(the model knows {len(self.chars)} characters)") from None
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(self.itos[i] for i in ids)
+
+    def save(self, folder: str | os.PathLike):
+        data = {"type": "char", "chars": self.chars, "special_tokens": self.special_tokens}
+        (Path(folder) / TOKENIZER_FILE).write_text(json.dumps(data, ensure_ascii=False))
+
+
+class BPETokenizer:
+    """Byte-level BPE from HF ``tokenizers`` (GPT-2 style): every unicode string round-trips."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int = 2048, special_tokens: list[str] | None = None) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens or []),
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def token_id(self, token: str) -> int:
+        i = self.tok.token_to_id(token)
+        if i is None:
+            raise KeyError(token)
+        return i
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def save(self, folder: str | os.PathLike):
+        self.tok.save(str(Path(folder) / TOKENIZER_FILE))
+
+
+def load_tokenizer(folder: str | os.PathLike) -> CharTokenizer | BPETokenizer:
+    """Load whichever tokenizer ``save`` wrote into ``folder``."""
+    path = Path(folder) / TOKENIZER_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the checkpoint folder has no tokenizer")
+    data = json.loads(path.read_text())
+    if data.get("type") == "char":
+        return CharTokenizer(data["chars"], data.get("special_tokens"))
+    from tokenizers import Tokenizer
+    return BPETokenizer(Tokenizer.from_file(str(path)))
+
+
+def make_tokenizer(kind: str, text: str, vocab_size: int = 2048, special_tokens=None):
+    if kind == "char":
+        return CharTokenizer.train(text, special_tokens)
+    if kind == "bpe":
+        # train on lines so the iterator is cheap; byte-level BPE still covers any input
+        return BPETokenizer.train(text.splitlines(keepends=True), vocab_size, special_tokens)
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char' or 'bpe'")
+
+
+class TokenStream:
+    """A long 1-D token tensor cut into random (x, y) windows, deterministically per step.
+
+    Batch ``step`` is a pure function of (seed, step, micro): a resumed run sees exactly the
+    data it would have seen, and every DDP rank takes its own rows of the same global batch.
+    """
+
+    def __init__(self, ids: Tensor, block_size: int, seed: int = 0):
+        if ids.numel() <= block_size + 1:
+            raise ValueError(f"corpus of {ids.numel()} tokens is shorter than block_size+1={block_size + 1}")
+        self.ids, self.block_size, self.seed = ids.long(), block_size, seed
+
+    def batch(self, step: int, batch_size: int, micro: int = 0, rows: slice = slice(None)) -> dict:
+        """Global batch for this step; returns rows ``rows`` of it: input_ids/targets (b, T)."""
+        g = torch.Generator().manual_seed(hash((self.seed, step, micro)) % (2**63))
+        ix = torch.randint(self.ids.numel() - self.block_size - 1, (batch_size,), generator=g)[rows]
+        x = torch.stack([self.ids[i:i + self.block_size] for i in ix.tolist()])
+        y = torch.stack([self.ids[i + 1:i + 1 + self.block_size] for i in ix.tolist()])
+        return {"input_ids": x, "targets": {"lm": y}}
+
+    def eval_batches(self, n_batches: int, batch_size: int) -> list[dict]:
+        """A fixed set of windows (seeded), the same for every model being compared."""
+        return [self.batch(-1 - i, batch_size) for i in range(n_batches)]
+
+
+def stream_text(model, tokenizer, prompt: str, params, head: str = "lm"):
+    """Yield decoded text pieces for one prompt, honouring stop strings and stop tokens.
+
+    Raises ValueError (clear message) for an empty prompt, unknown characters, a prompt
+    longer than the context or absurd sampling settings.
+    """
+    from backbone.generate import generate
+    if not isinstance(prompt, str) or prompt == "":
+        raise ValueError("the prompt is empty; type a few characters to start from")
+    params.validate()
+    ids = tokenizer.encode(prompt)
+    if len(ids) >= model.args.block_size:
+        raise ValueError(f"prompt is {len(ids)} tokens but the model's context is {model.args.block_size}")
+    out: list[int] = []
+    emitted = ""
+    hold = max((len(s) for s in params.stop_strings), default=0)  # keep back text a stop string may start
+    for tok in generate(model, [ids], params, head):
+        t = int(tok[0])
+        if t < 0 or t in params.stop_tokens:
+            break
+        out.append(t)
+        text = tokenizer.decode(out)
+        cut = min((i for i in (text.find(s) for s in params.stop_strings if s) if i >= 0), default=-1)
+        if cut >= 0:
+            if cut > len(emitted):
+                yield text[len(emitted):cut]
+            return
+        safe = len(text) - hold if hold else len(text)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence from byte-level BPE
+            safe = min(safe, len(text) - 1)
+        if safe > len(emitted):
+            yield text[len(emitted):safe]
+            emitted = text[:safe]
+    text = tokenizer.decode(out)
+    if len(text) > len(emitted):
+        yield text[len(emitted):]
