@@ -174,3 +174,20 @@ def stream_text(model, tokenizer, prompt: str, params, head: str = "lm"):
     text = tokenizer.decode(out)
     if len(text) > len(emitted):
         yield text[len(emitted):]
+
+
+class TextLMTask:
+    """Next-token prediction on a token stream, in the trainer's task shape."""
+
+    def __init__(self, train_ids: Tensor, val_ids: Tensor, block_size: int, batch_size: int,
+                 eval_batches: int = 20, eval_batch_size: int | None = None, seed: int = 0):
+        self.train = TokenStream(train_ids, block_size, seed)
+        self.val = TokenStream(val_ids, block_size, seed + 1)
+        self.batch_size = batch_size
+        self._eval = self.val.eval_batches(eval_batches, eval_batch_size or batch_size)
+
+    def train_batch(self, step: int, micro: int, rows: slice) -> dict:
+        return self.train.batch(step, self.batch_size, micro, rows)
+
+    def eval_batches(self) -> list[dict]:
+        return self._eval

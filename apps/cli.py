@@ -1,0 +1,125 @@
+"""The ``omniar`` command line.
+
+    omniar train text --config configs/text_shakespeare.yaml [--out assets/text-shakespeare] [--resume]
+    omniar generate --model assets/text-shakespeare "ROMEO:" --max-new-tokens 200
+    omniar demo [--port 7860]
+    omniar export-hf --model assets/text-shakespeare --out /tmp/hf --arch llama
+
+Multi-process training goes through torchrun:
+    torchrun --nproc-per-node 2 -m apps.cli train text --config ...
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(a):
+    import yaml
+    from apps import train_text
+    cfg = train_text.load_config(a.config)
+    overrides = {}
+    for o in a.set or []:
+        if "=" not in o:
+            raise ValueError(f"--set expects KEY=VALUE, got {o!r}")
+        k, v = o.split("=", 1)
+        overrides[k.strip()] = yaml.safe_load(v)
+    if a.max_steps:
+        overrides["max_steps"] = a.max_steps
+    if a.run_dir:
+        overrides["out_dir"] = a.run_dir
+    _, metrics = train_text.run(cfg, out=a.out, resume=a.resume, device=a.device, overrides=overrides)
+    print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+
+
+def _generate(a):
+    import torch
+    from backbone.container import OmniModel
+    from backbone.sampling import SamplingParams
+    from modalities.text import load_tokenizer, stream_text
+    model = OmniModel.from_pretrained(a.model, device=a.device)
+    tok = load_tokenizer(a.model)
+    params = SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
+                            repetition_penalty=a.repetition_penalty, max_new_tokens=a.max_new_tokens,
+                            stop_strings=a.stop or [], seed=a.seed)
+    sys.stdout.write(a.prompt)
+    with torch.inference_mode():
+        for piece in stream_text(model, tok, a.prompt, params):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    sys.stdout.write("\n")
+
+
+def _demo(a):
+    from apps import launcher
+    argv = ["--host", a.host, "--port", str(a.port)]
+    if a.text_model:
+        argv += ["--text-model", a.text_model]
+    launcher.main(argv)
+
+
+def _export(a):
+    from backbone.container import OmniModel
+    from backbone.hf_import import export_hf
+    export_hf(OmniModel.from_pretrained(a.model), a.out, model_type=a.arch)
+    print(f"wrote a Hugging Face {a.arch} folder to {a.out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="omniar", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train a model from a YAML config")
+    t.add_argument("task", choices=["text"])
+    t.add_argument("--config", required=True)
+    t.add_argument("--out", help="write the finished checkpoint folder here")
+    t.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go (default: the config's out_dir)")
+    t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--max-steps", type=int)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a trainer setting")
+    t.set_defaults(fn=_train)
+
+    g = sub.add_parser("generate", help="stream text from a checkpoint")
+    g.add_argument("prompt")
+    g.add_argument("--model", default="assets/text-shakespeare")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=0.8)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--min-p", type=float)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--stop", action="append", help="stop string (repeatable)")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--device", default="cpu")
+    g.set_defaults(fn=_generate)
+
+    d = sub.add_parser("demo", help="launch all apps on 127.0.0.1")
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=7860)
+    d.add_argument("--text-model")
+    d.set_defaults(fn=_demo)
+
+    e = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face transformers folder")
+    e.add_argument("--model", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--arch", choices=["gpt2", "llama"], default="llama")
+    e.set_defaults(fn=_export)
+    return p
+
+
+def main(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    try:
+        a.fn(a)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"omniar: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Recipe: train a text LM from a YAML config (``omniar train text --config ...``).
+
+The config names the data, the tokenizer, the model preset and the trainer settings; the
+finished model is written to ``out`` with its tokenizer and the exact command in its config.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from backbone.container import OmniModel, part
+from backbone.train import TrainConfig, train
+from backbone.transformer import ModelArgs
+from heads.lm import LMHead
+from modalities.text import TextLMTask, make_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve(path: str) -> Path:
+    """Paths in configs are relative to the project root (data lives in ../shared/data)."""
+    p = Path(path)
+    return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def load_config(path: str | Path) -> dict:
+    path = resolve(str(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"config {path} not found")
+    cfg = yaml.safe_load(path.read_text())
+    if not isinstance(cfg, dict) or not {"data", "model", "train"} <= set(cfg):
+        raise ValueError(f"{path}: a text config needs 'data', 'model' and 'train' sections")
+    return cfg
+
+
+def build_text_model(cfg: dict, vocab_size: int, meta: dict | None = None) -> OmniModel:
+    m = dict(cfg["model"])
+    args = ModelArgs.from_name(m.pop("preset", "mini"), vocab_size=vocab_size, **m.pop("args", {}))
+    tie = m.pop("tie_embeddings", True)
+    if m:
+        raise ValueError(f"unknown model settings {sorted(m)}")
+    return OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab_size, tie=tie)},
+                           meta=meta or {})
+
+
+def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "cpu",
+        overrides: dict | None = None) -> tuple[OmniModel, dict]:
+    """Train as the config says; returns the model and the final metrics."""
+    data = cfg["data"]
+    text_path = resolve(data["path"])
+    if not text_path.is_file():
+        raise FileNotFoundError(f"training text {text_path} not found")
+    text = text_path.read_text(encoding="utf-8")
+    split = int(len(text) * data.get("train_fraction", 0.9))  # nanoGPT: first 90% train, last 10% val
+    tk = cfg.get("tokenizer", {"kind": "char"})
+    tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
+                               tk.get("vocab_size", 2048), tk.get("special_tokens"))
+    train_ids = torch.tensor(tokenizer.encode(text[:split]), dtype=torch.long)
+    val_ids = torch.tensor(tokenizer.encode(text[split:]), dtype=torch.long)
+    tcfg = TrainConfig.from_dict({**cfg["train"], **(overrides or {})})
+    torch.manual_seed(tcfg.seed)
+    command = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "train" in sys.argv else None
+    model = build_text_model(cfg, tokenizer.vocab_size, meta={
+        "task": "text", "tokenizer": tokenizer.kind, "data": data["path"], "train_command": command,
+        "train_fraction": data.get("train_fraction", 0.9)})
+    block = model.args.block_size
+    task = TextLMTask(train_ids, val_ids, block, tcfg.batch_size, cfg.get("eval", {}).get("batches", 20),
+                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed)
+    metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
+    if out and int(__import__("os").environ.get("RANK", "0")) == 0:
+        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        model.save_pretrained(out, tokenizer)
+    return model, metrics

@@ -1,0 +1,296 @@
+"""The one trainer: any OmniModel, any task, single process or under torchrun (DDP / FSDP2).
+
+A *task* supplies batches; the model's forward returns ``(loss, {head: loss})`` from them:
+
+    class Task:
+        def train_batch(self, step: int, micro: int, rows: slice) -> dict   # model(**batch)
+        def eval_batches(self) -> list[dict]
+
+Batches are a pure function of (step, micro), each rank taking its ``rows`` of the global
+batch. So a resumed run sees exactly the data it would have seen, and a 2-process run
+follows the same loss curve as one process with the same global batch.
+
+Checkpoints go to ``out_dir/ckpt/step_XXXXXXX/`` (model folder + optimizer.safetensors +
+trainer_state.json), written to a temp folder and renamed; ``out_dir/ckpt/latest`` names the
+newest complete one. Nothing is pickled.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, load_model, save_file
+from tqdm.auto import tqdm
+
+from .container import OmniModel, atomic_write_text
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    max_steps: int = 1000
+    batch_size: int = 12          # global rows per micro-step, split evenly across ranks
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0        # 0 = off
+    eval_every: int = 250         # 0 = only at the end
+    ckpt_every: int = 500         # 0 = only at the end
+    keep_ckpts: int = 2
+    log_every: int = 10
+    bf16: bool = False            # bf16 autocast (CPU or GPU)
+    seed: int = 1337
+    parallel: str = "ddp"         # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
+    progress: bool = True
+    stop_after: int | None = None  # end the run after this step, as if killed (tests)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr at max_steps (nanoGPT's schedule)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay only on matrices (not norms, biases), as nanoGPT does."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+# ---- distributed ------------------------------------------------------------------------------
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world). Under torchrun, joins the process group: nccl on GPU, gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def wrap_model(model: OmniModel, cfg: TrainConfig, device: torch.device, world: int):
+    if world == 1:
+        return model
+    if cfg.parallel == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+        for layer in model.backbone.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    if cfg.parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    raise ValueError(f"unknown parallel={cfg.parallel!r}; choose 'ddp' or 'fsdp'")
+
+
+def unwrap(model) -> OmniModel:
+    return getattr(model, "module", model)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+def _flatten_optim(osd: dict) -> tuple[dict, list]:
+    tensors = {}
+    for fqn, st in osd["state"].items():
+        for k, v in st.items():
+            tensors[f"state/{fqn}/{k}"] = torch.as_tensor(v).detach().cpu().contiguous()
+    return tensors, osd["param_groups"]
+
+
+def _unflatten_optim(tensors: dict, groups: list) -> dict:
+    state: dict = {}
+    for key, v in tensors.items():
+        if key.startswith("state/"):
+            fqn, k = key[len("state/"):].rsplit("/", 1)
+            state.setdefault(fqn, {})[k] = v
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(model, opt, step: int, cfg: TrainConfig, rank: int, tokenizer=None):
+    """All ranks call this (FSDP gathers); rank 0 writes tmp folder -> rename -> update 'latest'."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd, osd = get_state_dict(model, opt, options=opts)
+    if rank != 0:
+        return
+    root = Path(cfg.out_dir) / "ckpt"
+    final, tmp = root / f"step_{step:07d}", root / f"step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain = OmniModel(unwrap(model).config)
+    plain.load_state_dict(msd, strict=False)  # tied duplicates may be absent
+    plain.save_pretrained(tmp, tokenizer)
+    tensors, groups = _flatten_optim(osd)
+    tensors["rng/torch"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    np_state = np.random.get_state()
+    state = {"step": step, "param_groups": groups, "config": asdict(cfg),
+             "python_rng": repr(random.getstate()),
+             "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    (tmp / "trainer_state.json").write_text(json.dumps(state))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name)
+    for old in sorted(p for p in root.glob("step_*") if not p.name.endswith(".tmp"))[:-cfg.keep_ckpts]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    f = Path(out_dir) / "ckpt" / "latest"
+    if not f.is_file():
+        return None
+    path = f.parent / f.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_model_weights(model: OmniModel, ckpt: Path):
+    """Before wrapping: read the model weights of a checkpoint (safetensors)."""
+    load_model(model, str(ckpt / "model.safetensors"), strict=True)
+
+
+def load_trainer_state(model, opt, ckpt: Path) -> int:
+    """After wrapping: restore optimizer and RNG state; returns the step to continue from."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    tensors = load_file(str(ckpt / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng/torch"))
+    osd = _unflatten_optim(tensors, state["param_groups"])
+    set_optimizer_state_dict(model, opt, osd, options=StateDictOptions(full_state_dict=True))
+    import ast
+    random.setstate(ast.literal_eval(state["python_rng"]))
+    ns = state["numpy_rng"]
+    np.random.set_state((ns[0], np.array(ns[1], dtype=np.uint32), *ns[2:]))
+    return int(state["step"])
+
+
+# ---- the loop ---------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, task, device, bf16: bool) -> dict:
+    model.eval()
+    totals: dict[str, float] = {}
+    batches = task.eval_batches()
+    for batch in batches:
+        with _autocast(device, bf16):
+            loss, parts = model(**_to(batch, device))
+        totals["loss"] = totals.get("loss", 0.0) + float(loss)
+        for k, v in parts.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    model.train()
+    return {f"val_{k}": v / len(batches) for k, v in totals.items()}
+
+
+def _to(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+def _autocast(device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device = "cpu",
+          resume: bool = False, tokenizer=None) -> dict:
+    """Train ``model`` on ``task``; returns the last metrics (incl. val loss).
+
+    ``resume=True`` continues from ``out_dir/ckpt/latest`` exactly (weights, optimizer, RNG,
+    data position). Run under ``torchrun --nproc-per-node N`` for DDP/FSDP.
+    """
+    device = torch.device(device)
+    rank, world = init_distributed(device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes")
+    rows = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    ckpt = latest_checkpoint(out) if resume else None
+    if resume and ckpt is None and rank == 0:
+        print(f"[train] --resume: no checkpoint in {out}/ckpt, starting from scratch")
+    if ckpt is not None:
+        load_model_weights(model, ckpt)
+    model.to(device).train()
+    wrapped = wrap_model(model, cfg, device, world)
+    opt = make_optimizer(wrapped, cfg)
+    start = load_trainer_state(wrapped, opt, ckpt) if ckpt is not None else 0
+    log_path = out / "metrics.jsonl"
+    if rank == 0:  # drop log lines from beyond the checkpoint we resume from
+        old = log_path.read_text().splitlines() if (resume and log_path.exists()) else []
+        atomic_write_text(log_path, "".join(l + "\n" for l in old if json.loads(l)["step"] <= start))
+    log = open(log_path, "a") if rank == 0 else None
+
+    last: dict = {}
+    t0, tokens = time.time(), 0
+    end = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
+    bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
+               desc="train", dynamic_ncols=True)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            batch = _to(task.train_batch(step, micro, rows), device)
+            sync = micro == cfg.grad_accum - 1
+            ctx = wrapped.no_sync() if (world > 1 and not sync and hasattr(wrapped, "no_sync")) else nullcontext()
+            if world > 1 and cfg.parallel == "fsdp":
+                wrapped.set_requires_gradient_sync(sync)
+            with ctx, _autocast(device, cfg.bf16):
+                loss, _ = wrapped(**batch)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach().float() / cfg.grad_accum
+            tokens += batch["input_ids"].numel() * world if "input_ids" in batch else 0
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        done = step + 1
+        rec = None
+        if done % cfg.log_every == 0 or done == cfg.max_steps:
+            rec = {"step": done, "loss": float(loss_sum), "lr": lr, "tokens": tokens,
+                   "elapsed_s": round(time.time() - t0, 3)}
+            bar.set_postfix(loss=f"{float(loss_sum):.4f}")
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
+            rec = {**(rec or {"step": done}), **evaluate(wrapped, task, device, cfg.bf16)}
+        if rec and log:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+        last = rec or last
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps:
+            save_checkpoint(wrapped, opt, done, cfg, rank, tokenizer)
+    bar.close()
+    if log:
+        log.close()
+    return {**last, "train_time_s": time.time() - t0}
