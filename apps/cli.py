@@ -29,6 +29,9 @@ def _train(a):
     if a.run_dir:
         overrides["out_dir"] = a.run_dir
     _, metrics = train_text.run(cfg, out=a.out, resume=a.resume, device=a.device, overrides=overrides)
+    import torch.distributed as dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 
 

@@ -1,0 +1,186 @@
+"""Text generation app: a thin Gradio front end over ``modalities.text.stream_text``.
+
+    python -m apps.text_app --model assets/text-shakespeare [--host 127.0.0.1] [--port 7860]
+
+``build_demo(model, tokenizer)`` does no work until an event fires; nothing runs at import time.
+Every bad input (empty prompt, unknown characters, a prompt longer than the context, absurd
+sampling settings, NaN) ends as a ``gr.Error`` with a plain message: a toast in the page, and
+``gradio_client.exceptions.AppError`` carrying the same message for API callers.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
+
+import argparse
+import logging
+import math
+import re
+import sys
+from pathlib import Path
+
+import gradio as gr
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "assets/text-shakespeare"
+TRAIN_COMMAND = "omniar train text --config configs/text_shakespeare.yaml"
+API_NAME = "generate"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+# ---- input checking (pure functions; ValueError with a message meant for people) ---------------
+def _number(name: str, value, *, integer: bool = False, optional: bool = False):
+    """A finite float (or whole number when ``integer``); None/blank allowed only when ``optional``."""
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        if optional:
+            return None
+        raise ValueError(f"{name} is empty; enter a number")
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if integer:
+        if x != int(x):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(x)
+    return x
+
+
+def parse_stop_strings(text: str | None) -> list[str]:
+    """'ROMEO:, JULIET:' or one per line -> ['ROMEO:', 'JULIET:'] (blank entries dropped)."""
+    if not text:
+        return []
+    return [s.strip() for s in re.split(r"[,\n]", text) if s.strip()]
+
+
+def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
+    """UI values -> validated SamplingParams. top_k 0/blank = off, min_p 0 = off, seed blank = random."""
+    from backbone.sampling import SamplingParams
+    top_k = _number("top_k", top_k, integer=True, optional=True)
+    min_p = _number("min_p", min_p, optional=True)
+    p = SamplingParams(
+        temperature=_number("temperature", temperature),
+        top_k=top_k if top_k else None,
+        top_p=_number("top_p", top_p, optional=True),
+        min_p=min_p if min_p else None,
+        repetition_penalty=_number("repetition_penalty", repetition_penalty),
+        max_new_tokens=_number("max_new_tokens", max_new_tokens, integer=True),
+        seed=_number("seed", seed, integer=True, optional=True),
+        stop_strings=parse_stop_strings(stop),
+    )
+    return p.validate()
+
+
+# ---- the app ----------------------------------------------------------------------------------
+def make_generate_fn(model, tokenizer):
+    """The event handler: a generator yielding the accumulated continuation (prompt not included)."""
+    from modalities.text import stream_text
+
+    def generate(prompt, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
+        try:
+            params = make_params(temperature, top_k, top_p, min_p, repetition_penalty,
+                                 max_new_tokens, seed, stop)
+            pieces = stream_text(model, tokenizer, prompt, params)
+            text = ""
+            for piece in pieces:  # validation errors surface on the first step, before any yield
+                text += piece
+                yield text
+            if not text:
+                yield ""
+        except gr.Error:  # a ValueError subclass: pass through untouched
+            raise
+        except ValueError as e:
+            raise gr.Error(str(e), title="Cannot generate", print_exception=False) from None
+        except Exception as e:  # keep internals out of the page; the server log has the traceback
+            log.exception("text generation failed")
+            raise gr.Error(f"generation failed ({type(e).__name__}: {e})", print_exception=False) from None
+
+    return generate
+
+
+def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
+    """The text app as a Blocks (not launched, no queue set: the caller decides)."""
+    block = model.args.block_size
+    fn = make_generate_fn(model, tokenizer)
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"### Text generation\nA {model.num_params() / 1e6:.2f}M-parameter model, "
+                    f"context {block} tokens, vocabulary {tokenizer.vocab_size}. "
+                    "The output shows the continuation of the prompt.")
+        with gr.Row():
+            with gr.Column(scale=3):
+                prompt = gr.Textbox(label="Prompt", lines=4, value="", placeholder="ROMEO:",
+                                    max_length=100_000)
+                with gr.Row():
+                    go = gr.Button("Generate", variant="primary")
+                    stop_btn = gr.Button("Stop", variant="stop")
+                output = gr.Textbox(label="Generated text", lines=12, interactive=False, buttons=["copy"])
+            with gr.Column(scale=2):
+                temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
+                                        info="0 = greedy")
+                top_k = gr.Number(value=0, label="Top-k", info="0 = off")
+                top_p = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="Top-p", info="1 = off")
+                min_p = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Min-p", info="0 = off")
+                rep = gr.Slider(0.5, 2.0, value=1.0, step=0.05, label="Repetition penalty",
+                                info="1 = off")
+                max_new = gr.Number(value=min(200, block), label="Max new tokens",
+                                    info=f"at most the room left in the {block}-token context")
+                seed = gr.Number(value=None, label="Seed", info="blank = random")
+                stop = gr.Textbox(label="Stop strings", lines=2, placeholder="comma or newline separated")
+        inputs = [prompt, temperature, top_k, top_p, min_p, rep, max_new, seed, stop]
+        # preprocess=False: the handler gets the raw values and checks them itself, so an
+        # out-of-range slider value from an API caller gets the same named message as any other
+        # bad setting. concurrency_limit=1: the KV cache lives on the (shared) model object.
+        ev = go.click(fn, inputs, output, api_name=API_NAME, preprocess=False, concurrency_limit=1,
+                      concurrency_id="omniar-text-model")
+        stop_btn.click(None, None, None, cancels=[ev], api_visibility="private")
+    return demo
+
+
+def check_checkpoint(folder: str | os.PathLike) -> Path:
+    """Raise FileNotFoundError naming the folder (or file) that is missing and how to make it."""
+    folder = Path(folder)
+    how = f"train one with: {TRAIN_COMMAND} --out {folder}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"text checkpoint folder {folder} not found; {how}")
+    for f in CHECKPOINT_FILES:
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{folder / f} not found: {folder} is not a complete text checkpoint; {how}")
+    return folder
+
+
+def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
+    """Checkpoint folder -> text app Blocks. FileNotFoundError (clear message) if it is missing."""
+    from backbone.container import OmniModel
+    from modalities.text import load_tokenizer
+    folder = check_checkpoint(folder)
+    model = OmniModel.from_pretrained(folder, device=device)
+    if "lm" not in model.heads:
+        raise ValueError(f"{folder} has no 'lm' head (heads: {sorted(model.heads)}); it is not a text model")
+    return build_demo(model, load_tokenizer(folder))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m apps.text_app", description="OmniAR text generation app")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: %(default)s)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    try:
+        demo = load_app(a.model, a.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"text_app: error: {e}", file=sys.stderr)
+        return 2
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.launch(server_name=a.host, server_port=a.port, share=False, ssr_mode=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The text app: handler unit tests, then the launcher as a real server on loopback, driven by
+a browser (playwright + Debian chromium) and by gradio_client. A tiny random char-level model
+stands in for the trained checkpoint; nothing here touches the network."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from backbone.container import OmniModel, part
+from backbone.sampling import SamplingParams
+from backbone.transformer import ModelArgs
+from heads.lm import LMHead
+from modalities.text import CharTokenizer, load_tokenizer, stream_text
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TEXT = ("ROMEO: But soft, what light through yonder window breaks?\n"
+        "JULIET: O Romeo, Romeo, wherefore art thou Romeo?\n")
+OOV = "\u2603"  # a snowman: not in the tiny vocabulary
+GOOD = dict(prompt="ROMEO:", temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+            max_new_tokens=20, seed=0, stop="")
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    tok = CharTokenizer.train(TEXT)
+    torch.manual_seed(0)
+    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)
+    model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size)})
+    folder = tmp_path_factory.mktemp("text-ckpt")
+    model.save_pretrained(folder, tokenizer=tok)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_tok(ckpt):
+    return OmniModel.from_pretrained(ckpt), load_tokenizer(ckpt)
+
+
+# ---- no server ---------------------------------------------------------------------------------
+def test_generate_fn_streams_the_same_text_as_stream_text(model_tok):
+    from apps.text_app import make_generate_fn
+    model, tok = model_tok
+    fn = make_generate_fn(model, tok)
+    outs = list(fn(*{**GOOD, "temperature": 0.0}.values()))
+    assert outs and outs[-1]
+    assert all(b.startswith(a) for a, b in zip(outs, outs[1:]))  # accumulated, never shrinking
+    ref = "".join(stream_text(model, tok, "ROMEO:", SamplingParams(temperature=0.0, max_new_tokens=20)))
+    assert outs[-1] == ref
+    seeded = [list(fn(*GOOD.values()))[-1] for _ in range(2)]
+    assert seeded[0] == seeded[1] and seeded[0]
+
+
+def test_generate_fn_stop_strings(model_tok):
+    from apps.text_app import make_generate_fn, parse_stop_strings
+    assert parse_stop_strings("ROMEO:, JULIET:\n\nNurse") == ["ROMEO:", "JULIET:", "Nurse"]
+    assert parse_stop_strings("") == [] and parse_stop_strings(None) == []
+    model, tok = model_tok
+    fn = make_generate_fn(model, tok)
+    full = list(fn(*{**GOOD, "temperature": 0.0}.values()))[-1]
+    stop = full[5:7]
+    cut = list(fn(*{**GOOD, "temperature": 0.0, "stop": f"{stop}, zzz"}.values()))
+    assert (cut[-1] if cut else "") == full[:full.find(stop)]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(prompt=""), "prompt is empty"),
+    (dict(prompt="ROMEO" + OOV), "outside this model's vocabulary"),
+    (dict(prompt="R" * 100), "context is 64"),
+    (dict(top_p=0), "top_p must be in (0, 1]"),
+    (dict(temperature=-1), "temperature must be >= 0"),
+    (dict(max_new_tokens=10**9), "max_new_tokens must be in"),
+    (dict(temperature=math.nan), "temperature must be a finite number"),
+    (dict(top_p=math.inf), "top_p must be a finite number"),
+    (dict(max_new_tokens=None), "max_new_tokens is empty"),
+    (dict(top_k=2.5), "top_k must be a whole number"),
+    (dict(repetition_penalty="abc"), "repetition_penalty must be a number"),
+])
+def test_generate_fn_bad_input_is_a_clear_gradio_error(model_tok, bad, message):
+    import gradio as gr
+    from apps.text_app import make_generate_fn
+    fn = make_generate_fn(*model_tok)
+    with pytest.raises(gr.Error) as e:
+        list(fn(*{**GOOD, **bad}.values()))
+    assert message in e.value.message
+    assert "Traceback" not in e.value.message
+
+
+def test_build_demo_and_launcher_expose_generate(model_tok):
+    import gradio as gr
+    from apps.launcher import build_launcher
+    from apps.text_app import build_demo
+    demo = build_demo(*model_tok)
+    assert isinstance(demo, gr.Blocks)
+    launcher = build_launcher({"Text": demo})
+    assert "generate" in [f.api_name for f in launcher.fns.values()]
+
+
+def test_launcher_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
+    from apps import launcher
+    missing = tmp_path / "nope"
+    with pytest.raises(SystemExit) as e:
+        launcher.main(["--text-model", str(missing), "--port", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err
+    assert "omniar train text --config configs/text_shakespeare.yaml" in err
+
+
+def test_launcher_missing_checkpoint_subprocess_has_no_traceback(tmp_path):
+    missing = tmp_path / "nope"
+    r = subprocess.run([sys.executable, "-m", "apps.launcher", "--text-model", str(missing)],
+                       cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert r.returncode == 2
+    assert str(missing) in r.stderr and "omniar train text" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+# ---- a real server -----------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, tmp_path_factory):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path_factory.mktemp("server") / "launcher.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost",
+           "no_proxy": "127.0.0.1,localhost", "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "apps.launcher", "--port", str(port),
+                                 "--text-model", str(ckpt)], cwd=REPO, env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"launcher exited with {proc.returncode}:\n{log.read_text()}")
+            try:
+                with NO_PROXY.open(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"launcher did not answer on {url} within 120 s:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+    return Client(server, verbose=False)
+
+
+def test_client_generates(client):
+    out = client.predict(**GOOD, api_name="/generate")
+    assert isinstance(out, str) and out.strip()
+    assert client.predict(**GOOD, api_name="/generate") == out  # same seed, same text
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(top_p=0), "top_p must be in (0, 1]"),
+    (dict(temperature=-1), "temperature must be >= 0"),
+    (dict(max_new_tokens=10**9), "max_new_tokens must be in"),
+    (dict(prompt=""), "prompt is empty"),
+])
+def test_client_bad_settings_give_the_message_not_a_traceback(client, bad, message):
+    from gradio_client.exceptions import AppError
+    with pytest.raises(AppError) as e:
+        client.predict(**{**GOOD, **bad}, api_name="/generate")
+    assert message in str(e.value)
+    assert "Traceback" not in str(e.value)
+
+
+def test_raw_api_nan_is_a_clear_error(server):
+    # gradio_client refuses to JSON-encode NaN, but a raw caller can send it
+    body = b'{"data": ["ROMEO:", NaN, 0, 1.0, 0, 1.0, 20, 0, ""]}'
+    req = urllib.request.Request(server + "gradio_api/call/generate", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with NO_PROXY.open(req, timeout=30) as r:
+        event_id = json.loads(r.read())["event_id"]
+    with NO_PROXY.open(f"{server}gradio_api/call/generate/{event_id}", timeout=60) as r:
+        stream = r.read().decode()
+    assert "event: error" in stream and "temperature must be a finite number" in stream
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (no browser downloads)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    ctx = browser.new_context()
+    pg = ctx.new_page()
+    pg.goto(server, wait_until="domcontentloaded", timeout=60_000)
+    pg.get_by_role("button", name="Generate", exact=True).wait_for(timeout=60_000)
+    yield pg
+    ctx.close()
+
+
+def _output_text(page, timeout_s: float = 60.0) -> str:
+    box = page.get_by_label("Generated text", exact=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = box.input_value()
+        if text:
+            return text
+        time.sleep(0.25)
+    return ""
+
+
+def test_browser_generates(page):
+    page.get_by_label("Prompt", exact=True).fill("ROMEO:")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    assert _output_text(page), "no generated text appeared in the output box"
+
+
+def test_browser_bad_input_shows_clear_errors(page):
+    from playwright.sync_api import expect
+    go = page.get_by_role("button", name="Generate", exact=True)
+    page.get_by_label("Prompt", exact=True).fill("")
+    go.click()
+    expect(page.get_by_text("the prompt is empty").first).to_be_visible(timeout=30_000)
+    page.get_by_label("Prompt", exact=True).fill("ROMEO" + OOV)
+    go.click()
+    expect(page.get_by_text("outside this model's vocabulary").first).to_be_visible(timeout=30_000)
+    assert "Traceback" not in page.content()
+    assert _output_text(page, timeout_s=1) == ""  # nothing was generated
