@@ -115,11 +115,12 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt", lines=4, value="", placeholder="ROMEO:",
-                                    max_length=100_000)
+                                    max_length=100_000, elem_id="text-prompt")
                 with gr.Row():
                     go = gr.Button("Generate", variant="primary")
                     stop_btn = gr.Button("Stop", variant="stop")
-                output = gr.Textbox(label="Generated text", lines=12, interactive=False, buttons=["copy"])
+                output = gr.Textbox(label="Generated text", lines=12, interactive=False, buttons=["copy"],
+                                    elem_id="text-output")
             with gr.Column(scale=2):
                 temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
                                         info="0 = greedy")

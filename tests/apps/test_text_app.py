@@ -235,7 +235,8 @@ def page(browser, server):
 
 
 def _output_text(page, timeout_s: float = 60.0) -> str:
-    box = page.get_by_label("Generated text", exact=True)
+    # (not get_by_label: the label element also holds the Copy button, which it then names)
+    box = page.locator("#text-output textarea")
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         text = box.input_value()
