@@ -60,10 +60,12 @@ def parse_stop_strings(text: str | None) -> list[str]:
 
 
 def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
-    """UI values -> validated SamplingParams. top_k 0/blank = off, min_p 0 = off, seed blank = random."""
+    """UI values -> validated SamplingParams. top_k 0/blank = off, top_p blank = off, min_p 0 = off,
+    seed -1/blank = random."""
     from backbone.sampling import SamplingParams
     top_k = _number("top_k", top_k, integer=True, optional=True)
     min_p = _number("min_p", min_p, optional=True)
+    seed = _number("seed", seed, integer=True, optional=True)
     p = SamplingParams(
         temperature=_number("temperature", temperature),
         top_k=top_k if top_k else None,
@@ -71,7 +73,7 @@ def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_to
         min_p=min_p if min_p else None,
         repetition_penalty=_number("repetition_penalty", repetition_penalty),
         max_new_tokens=_number("max_new_tokens", max_new_tokens, integer=True),
-        seed=_number("seed", seed, integer=True, optional=True),
+        seed=seed if seed is not None and seed >= 0 else None,
         stop_strings=parse_stop_strings(stop),
     )
     return p.validate()
@@ -131,7 +133,7 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
                                 info="1 = off")
                 max_new = gr.Number(value=min(200, block), label="Max new tokens",
                                     info=f"at most the room left in the {block}-token context")
-                seed = gr.Number(value=None, label="Seed", info="blank = random")
+                seed = gr.Number(value=-1, label="Seed", info="-1 or blank = random")
                 stop = gr.Textbox(label="Stop strings", lines=2, placeholder="comma or newline separated")
         inputs = [prompt, temperature, top_k, top_p, min_p, rep, max_new, seed, stop]
         # preprocess=False: the handler gets the raw values and checks them itself, so an

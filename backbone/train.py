@@ -57,6 +57,9 @@ class TrainConfig:
     parallel: str = "ddp"         # under torchrun: "ddp" or "fsdp" (FSDP2 fully_shard)
     progress: bool = True
     stop_after: int | None = None  # end the run after this step, as if killed (tests)
+    max_time_s: float | None = None  # wall-clock budget: the LR schedule follows elapsed time and
+                                     # training stops at the budget (equal-time comparisons; such a
+                                     # run is not bit-reproducible)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -67,11 +70,12 @@ class TrainConfig:
         return cls(**d)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to min_lr at max_steps (nanoGPT's schedule)."""
+def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to min_lr at max_steps (nanoGPT's schedule).
+    With a time budget, ``time_frac`` (elapsed / budget) drives the decay when it is further along."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, max(time_frac, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)))
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
@@ -227,6 +231,8 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     """
     device = torch.device(device)
     rank, world = init_distributed(device)
+    if cfg.max_time_s is not None and world > 1:
+        raise ValueError("max_time_s is single-process only (ranks could stop at different steps)")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size={cfg.batch_size} must divide evenly over {world} processes")
     rows = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
@@ -250,12 +256,16 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     log = open(log_path, "a") if rank == 0 else None
 
     last: dict = {}
-    t0, tokens = time.time(), 0
+    done = start
+    t0, tokens = time.time(), 0  # t0 moves forward by eval/checkpoint time: budgets count training only
     end = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
-        lr = lr_at(step, cfg)
+        time_frac = (time.time() - t0) / cfg.max_time_s if cfg.max_time_s else 0.0
+        if time_frac >= 1.0:
+            break
+        lr = lr_at(step, cfg, time_frac)
         for g in opt.param_groups:
             g["lr"] = lr
         loss_sum = 0.0
@@ -282,15 +292,20 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
             rec = {"step": done, "loss": float(loss_sum), "lr": lr, "tokens": tokens,
                    "elapsed_s": round(time.time() - t0, 3)}
             bar.set_postfix(loss=f"{float(loss_sum):.4f}")
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps:
+        out_of_time = cfg.max_time_s is not None and time.time() - t0 >= cfg.max_time_s
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:
+            te = time.time()
             rec = {**(rec or {"step": done}), **evaluate(wrapped, task, device, cfg.bf16)}
+            t0 += time.time() - te
         if rec and log:
             log.write(json.dumps(rec) + "\n")
             log.flush()
         last = rec or last
-        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps:
+        if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps or out_of_time:
+            te = time.time()
             save_checkpoint(wrapped, opt, done, cfg, rank, tokenizer)
+            t0 += time.time() - te
     bar.close()
     if log:
         log.close()
-    return {**last, "train_time_s": time.time() - t0}
+    return {**last, "step": done, "tokens": tokens, "train_time_s": time.time() - t0}

@@ -18,7 +18,7 @@ LLAMA_KW = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_l
 
 
 def _hf(name, **kw):
-    cfg = getattr(transformers, name + "Config")(**kw)
+    cfg = getattr(transformers, name + "Config")(initializer_range=0.1, **kw)  # O(1) logits
     torch.manual_seed(0)
     model = getattr(transformers, name + "ForCausalLM" if name != "GPT2" else "GPT2LMHeadModel")(cfg)
     with torch.no_grad():  # HF inits norms to 1 and biases to 0: perturb so the mapping is tested
