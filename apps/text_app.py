@@ -39,6 +39,8 @@ def _number(name: str, value, *, integer: bool = False, optional: bool = False):
         raise ValueError(f"{name} is empty; enter a number")
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer and isinstance(value, int):
+        return value  # exact, even past float precision
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -66,6 +68,8 @@ def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_to
     top_k = _number("top_k", top_k, integer=True, optional=True)
     min_p = _number("min_p", min_p, optional=True)
     seed = _number("seed", seed, integer=True, optional=True)
+    if seed is not None and seed >= 2**63:
+        raise ValueError(f"seed must be below 2**63 (or -1 for random), got {seed}")
     p = SamplingParams(
         temperature=_number("temperature", temperature),
         top_k=top_k if top_k else None,

@@ -79,8 +79,20 @@ def test_generate_fn_stop_strings(model_tok):
     assert (cut[-1] if cut else "") == full[:full.find(stop)]
 
 
+def test_make_params_conventions():
+    from apps.text_app import make_params
+    p = make_params(0.8, 0, 1.0, 0.0, 1.0, 20, -1, "A, B")
+    assert p.top_k is None and p.min_p is None and p.seed is None and p.stop_strings == ["A", "B"]
+    p = make_params(0.8, None, None, 0.1, 1.2, 20.0, None, None)
+    assert p.top_k is None and p.top_p is None and p.min_p == 0.1 and p.seed is None
+    assert p.max_new_tokens == 20 and isinstance(p.max_new_tokens, int)
+    assert make_params(0.8, 5, 0.9, 0, 1, 20, 2**62 + 1, "").seed == 2**62 + 1
+    assert make_params(0.8, 5, 0.9, 0, 1, 20, 7.0, "").top_k == 5
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(prompt=""), "prompt is empty"),
+    (dict(seed=2**64), "seed must be below 2**63"),
     (dict(prompt="ROMEO" + OOV), "outside this model's vocabulary"),
     (dict(prompt="R" * 100), "context is 64"),
     (dict(top_p=0), "top_p must be in (0, 1]"),
