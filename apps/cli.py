@@ -28,7 +28,7 @@ def _train(a):
         overrides["max_steps"] = a.max_steps
     if a.run_dir:
         overrides["out_dir"] = a.run_dir
-    _, metrics = train_text.run(cfg, out=a.out, resume=a.resume, device=a.device, overrides=overrides)
+    _, metrics = train_text.run(cfg, out=a.out or cfg.get("out"), resume=a.resume, device=a.device, overrides=overrides)
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a YAML config")
     t.add_argument("task", choices=["text"])
     t.add_argument("--config", required=True)
-    t.add_argument("--out", help="write the finished checkpoint folder here")
+    t.add_argument("--out", help="write the finished checkpoint folder here (default: the config's 'out')")
     t.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go (default: the config's out_dir)")
     t.add_argument("--resume", action="store_true", help="continue exactly from the latest checkpoint")
     t.add_argument("--device", default="cpu")
