@@ -228,7 +228,9 @@ def load_hf(folder, device=None, dtype: torch.dtype | None = None) -> OmniModel:
         raise ValueError(f"{folder}: tie_word_embeddings is false but lm_head.weight is missing")
     heads = {"lm": part(LMHead, dim=args.dim, vocab_size=args.vocab_size, tie=tie)}
     with torch.device("meta"):  # no random init: every tensor comes from the file
-        model = OmniModel.build(args, heads, meta={"hf_model_type": mt, "hf_source": str(folder)})
+        model = OmniModel.build(args, heads, meta={"hf_model_type": mt, "hf_source": str(folder),
+                                                   "eos_token_id": cfg.get("eos_token_id"),
+                                                   "bos_token_id": cfg.get("bos_token_id")})
     wanted = model.state_dict()
     out, used = {}, set()
     for ours, hf, transpose in _table(mt, args.n_layer):
@@ -238,15 +240,12 @@ def load_hf(folder, device=None, dtype: torch.dtype | None = None) -> OmniModel:
         missing = [n for n in names if n not in sd]
         if missing:
             raise ValueError(f"{folder}: weight {missing[0]} missing (needed for {ours})")
-        t = torch.cat([sd[n] for n in names], dim=0)
+        t = sd[names[0]] if len(names) == 1 else torch.cat([sd[n] for n in names], dim=0)
         out["backbone." + ours] = t.t() if transpose else t
         used.update(names)
-    if not tie:
-        out["heads.lm.proj.weight"] = sd["lm_head.weight"]
-        used.add("lm_head.weight")
-    else:
-        out["heads.lm.proj.weight"] = out["backbone.tok_embeddings.weight"]
-        used.add("lm_head.weight")  # a tied copy, when a file stores it anyway
+    # tied: the container shares the embedding; a file may still store the copy, which we skip
+    out["heads.lm.proj.weight"] = out["backbone.tok_embeddings.weight"] if tie else sd["lm_head.weight"]
+    used.add("lm_head.weight")
     unused = [k for k in sd if k not in used and not k.endswith(IGNORED_SUFFIXES)]
     if unused:
         raise ValueError(f"{folder}: {len(unused)} weights would be ignored, e.g. {unused[:3]}")

@@ -54,6 +54,25 @@ def test_gpt2(tmp_path):
     ours = _check(m, tmp_path)
     assert ours.config["meta"]["hf_model_type"] == "gpt2"
     assert ours.heads["lm"].proj.weight is ours.backbone.tok_embeddings.weight
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+    ours.save_pretrained(tmp_path / "omni")  # and our own format round-trips
+    ids = _ids()
+    assert torch.equal(_ours_logits(OmniModel.from_pretrained(tmp_path / "omni"), ids), _ours_logits(ours, ids))
+
+
+def test_gpt2_bare_names_bf16(tmp_path):
+    """openai's original checkpoint names ("h.0.attn...", no "transformer." prefix); dtype cast."""
+    from safetensors.torch import load_file, save_file
+    m = _hf("GPT2", vocab_size=V, n_embd=32, n_layer=1, n_head=2, n_positions=32,
+            bos_token_id=None, eos_token_id=None)
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    sd = load_file(tmp_path / "model.safetensors")
+    save_file({k.removeprefix("transformer."): v for k, v in sd.items()}, tmp_path / "model.safetensors")
+    ours = load_hf(tmp_path, dtype=torch.bfloat16)
+    assert ours.backbone.tok_embeddings.weight.dtype == torch.bfloat16
+    ids = _ids(T=8)
+    with torch.no_grad():
+        torch.testing.assert_close(_ours_logits(ours, ids).float(), m(ids).logits, atol=0.1, rtol=0.05)
 
 
 def test_llama_gqa_untied(tmp_path):
@@ -131,3 +150,18 @@ def test_unsupported_model_type(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "bert"}')
     with pytest.raises(ValueError, match="supported: .*gpt2"):
         load_hf(tmp_path)
+
+
+def test_llama_greedy_generate_matches_hf(tmp_path):
+    """KV-cache decoding with RoPE positions: our generate == HF generate, token for token."""
+    from backbone.generate import generate
+    from backbone.sampling import SamplingParams
+    m = _hf("Llama", **LLAMA_KW)
+    m.save_pretrained(tmp_path, safe_serialization=True)
+    ours = load_hf(tmp_path)
+    prompt = _ids(T=5, B=1)
+    with torch.no_grad():
+        ref = m.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, min_new_tokens=12,
+                         do_sample=False, pad_token_id=0)[0, 5:].tolist()
+    got = [int(t[0]) for t in generate(ours, prompt.tolist(), SamplingParams(temperature=0, max_new_tokens=12))]
+    assert got == ref
