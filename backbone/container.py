@@ -31,7 +31,14 @@ def _import_class(path: str) -> type:
     if not path.startswith(ALLOWED_PACKAGES):
         raise ValueError(f"refusing to import {path!r}: parts must live in {ALLOWED_PACKAGES}")
     module, name = path.rsplit(".", 1)
-    return getattr(importlib.import_module(module), name)
+    obj = getattr(importlib.import_module(module), name, None)
+    # only nn.Module classes defined in this project: a config must not be able to call an
+    # arbitrary function that happens to be importable from an allowed module
+    # (e.g. backbone.container.atomic_write_text would write any file at load time)
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)
+            and obj.__module__.startswith(ALLOWED_PACKAGES)):
+        raise ValueError(f"refusing to import {path!r}: not an nn.Module class defined in {ALLOWED_PACKAGES}")
+    return obj
 
 
 class OmniModel(nn.Module):

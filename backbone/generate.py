@@ -112,7 +112,11 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
     seen = None
     if params.repetition_penalty != 1.0:
         seen = torch.zeros(ids.shape[0], model.heads[head].vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, ids, am.bool())
+        # mark only real prompt tokens; a scatter of am (False at padding) would race with the
+        # True writes when pad_id also occurs in a prompt (duplicate-index order is undefined)
+        real = am.bool()
+        rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(ids)
+        seen[rows[real], ids[real]] = True
     stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
     try:

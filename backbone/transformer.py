@@ -12,7 +12,7 @@ of checkpoints load into this one file (backbone/hf_import.py), and Primer's squ
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +67,9 @@ class ModelArgs:
         """Named size preset, optionally overridden, e.g. ``ModelArgs.from_name("mini", vocab_size=65)``."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-        return replace(cls(**PRESETS[name]), **overrides) if overrides else cls(**PRESETS[name])
+        # merge before construction so derived fields (n_kv_head, head_dim, intermediate_size)
+        # follow the overrides instead of staying frozen at the base preset's values
+        return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,6 +4,7 @@ Both tokenizers save to / load from the checkpoint folder beside ``model.safeten
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -113,6 +114,16 @@ def make_tokenizer(kind: str, text: str, vocab_size: int = 2048, special_tokens=
     raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char' or 'bpe'")
 
 
+def _batch_seed(seed: int, step: int, micro: int) -> int:
+    """Stable 63-bit generator seed for (seed, step, micro).
+
+    Not ``hash()``: CPython has ``hash(-1) == hash(-2)``, so eval batches -1 and -2 (and
+    other tuples) collided and produced identical windows.
+    """
+    digest = hashlib.blake2b(f"{seed},{step},{micro}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class TokenStream:
     """A long 1-D token tensor cut into random (x, y) windows, deterministically per step.
 
@@ -127,7 +138,7 @@ class TokenStream:
 
     def batch(self, step: int, batch_size: int, micro: int = 0, rows: slice = slice(None)) -> dict:
         """Global batch for this step; returns rows ``rows`` of it: input_ids/targets (b, T)."""
-        g = torch.Generator().manual_seed(hash((self.seed, step, micro)) % (2**63))
+        g = torch.Generator().manual_seed(_batch_seed(self.seed, step, micro))
         ix = torch.randint(self.ids.numel() - self.block_size - 1, (batch_size,), generator=g)[rows]
         x = torch.stack([self.ids[i:i + self.block_size] for i in ix.tolist()])
         y = torch.stack([self.ids[i + 1:i + 1 + self.block_size] for i in ix.tolist()])

@@ -1,0 +1,250 @@
+import pytest
+import torch
+
+from backbone.container import OmniModel, part
+from backbone.sampling import SamplingParams
+from backbone.transformer import ModelArgs
+from heads.lm import LMHead
+from modalities.text import (BPETokenizer, CharTokenizer, TokenStream, load_tokenizer,
+                             make_tokenizer, stream_text)
+
+CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
+          "Caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \U0001F600 the the the quick brown fox.\n") * 3
+
+TRICKY = ["", "hello world", "  leading and trailing  ", "\n\n\t\r\n", "a\x00b\x00",
+          "\U0001F600\U0001F469\u200d\U0001F469\u200d\U0001F467 \U0001F1EB\U0001F1F7",
+          "\u4e2d\u6587\u5b57\u7b26 \ud55c\uad6d\uc5b4 \u0627\u0644\u0639\u0631\u0628\u064a\u0629",
+          "e\u0301 a\u0308\u0304 Z\u0351\u0352\u0353", "\ufffd\ufeff\u00a0", "x" * 50]
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    return BPETokenizer.train(CORPUS.splitlines(keepends=True), vocab_size=300, special_tokens=["<|eot|>"])
+
+
+# ---- char tokenizer ---------------------------------------------------------------------
+def test_char_round_trip():
+    tok = CharTokenizer.train("hello world\n", special_tokens=["<eot>"])
+    assert tok.chars == ["\n", " ", "d", "e", "h", "l", "o", "r", "w"]
+    assert tok.vocab_size == 9 + 1 and tok.token_id("<eot>") == 9
+    ids = tok.encode("hello\nworld")
+    assert ids == [tok.stoi[c] for c in "hello\nworld"]
+    assert tok.decode(ids) == "hello\nworld"
+
+
+def test_char_unknown_chars_listed():
+    tok = CharTokenizer.train("abc")
+    with pytest.raises(ValueError) as e:
+        tok.encode("abXcYX")
+    assert "['X', 'Y']" in str(e.value)
+
+
+# ---- byte-level BPE ---------------------------------------------------------------------
+def test_bpe_vocab_and_merges(bpe):
+    assert 256 < bpe.vocab_size <= 300
+    assert len(bpe.encode("the quick brown fox")) < len("the quick brown fox".encode())  # merges learnt
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_bpe_round_trip_exact(bpe, text):
+    assert bpe.decode(bpe.encode(text)) == text
+
+
+def test_bpe_special_token(bpe):
+    i = bpe.token_id("<|eot|>")
+    assert bpe.decode([*bpe.encode("hi"), i]) == "hi<|eot|>"
+    with pytest.raises(KeyError):
+        bpe.token_id("<|nope|>")
+
+
+def test_make_tokenizer():
+    assert make_tokenizer("char", "abca").vocab_size == 3
+    assert isinstance(make_tokenizer("bpe", CORPUS, vocab_size=280), BPETokenizer)
+    with pytest.raises(ValueError, match="unknown tokenizer kind"):
+        make_tokenizer("wordpiece", CORPUS)
+
+
+# ---- save / load ------------------------------------------------------------------------
+def test_save_load_char(tmp_path):
+    tok = CharTokenizer.train("z\u00e9\U0001F600a\n", special_tokens=["<eot>"])
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, CharTokenizer)
+    assert back.itos == tok.itos
+    assert back.encode("a\U0001F600\n") == tok.encode("a\U0001F600\n")
+
+
+def test_save_load_bpe(bpe, tmp_path):
+    bpe.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, BPETokenizer) and back.vocab_size == bpe.vocab_size
+    for text in TRICKY:
+        assert back.encode(text) == bpe.encode(text)
+        assert back.decode(back.encode(text)) == text
+
+
+def test_load_tokenizer_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        load_tokenizer(tmp_path)
+
+
+def test_model_folder_with_tokenizer(tiny_model, tmp_path):
+    tok = CharTokenizer.train("abc")
+    tiny_model.save_pretrained(tmp_path, tokenizer=tok)
+    assert load_tokenizer(tmp_path).itos == ["a", "b", "c"]
+
+
+# ---- TokenStream ------------------------------------------------------------------------
+def test_token_stream_deterministic():
+    ids = torch.arange(1000)
+    s1, s2 = TokenStream(ids, block_size=16, seed=3), TokenStream(ids, block_size=16, seed=3)
+    a = s1.batch(step=7, batch_size=8)
+    s1.batch(step=8, batch_size=8)  # no hidden state between calls
+    b = s1.batch(step=7, batch_size=8)
+    c = s2.batch(step=7, batch_size=8)
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["input_ids"], c["input_ids"])
+    assert not torch.equal(a["input_ids"], s1.batch(step=8, batch_size=8)["input_ids"])
+    assert not torch.equal(a["input_ids"], TokenStream(ids, 16, seed=4).batch(7, 8)["input_ids"])
+    assert not torch.equal(a["input_ids"], s1.batch(7, 8, micro=1)["input_ids"])
+    # targets are inputs shifted by one (ids are arange, so values are offsets)
+    assert a["input_ids"].shape == (8, 16)
+    assert torch.equal(a["targets"]["lm"], a["input_ids"] + 1)
+
+
+def test_token_stream_rows_are_slices_of_global_batch():
+    st = TokenStream(torch.randint(0, 50, (500,), generator=torch.Generator().manual_seed(0)), 8, seed=1)
+    full = st.batch(step=2, batch_size=6)
+    parts = [st.batch(step=2, batch_size=6, rows=slice(r * 2, r * 2 + 2)) for r in range(3)]
+    assert torch.equal(torch.cat([p["input_ids"] for p in parts]), full["input_ids"])
+    assert torch.equal(torch.cat([p["targets"]["lm"] for p in parts]), full["targets"]["lm"])
+
+
+def test_token_stream_too_short():
+    with pytest.raises(ValueError, match="shorter"):
+        TokenStream(torch.arange(10), block_size=9)
+
+
+def test_eval_batches_fixed():
+    st = TokenStream(torch.arange(300), 8)
+    a, b = st.eval_batches(2, 4), st.eval_batches(2, 4)
+    assert all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, b))
+    assert not torch.equal(a[0]["input_ids"], a[1]["input_ids"])
+
+
+# ---- stream_text ------------------------------------------------------------------------
+CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
+
+
+@pytest.fixture
+def char_model(seed):
+    tok = CharTokenizer.train(CHARS)
+    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)
+    m = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size, tie=False)})
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return m.eval(), tok
+
+
+def greedy(n=20, **kw):
+    return SamplingParams(temperature=0, max_new_tokens=n, **kw)
+
+
+def test_stream_empty_prompt(char_model):
+    model, tok = char_model
+    with pytest.raises(ValueError, match="empty"):
+        list(stream_text(model, tok, "", greedy()))
+
+
+def test_stream_unknown_chars_and_long_prompt(char_model):
+    model, tok = char_model
+    with pytest.raises(ValueError, match="vocabulary"):
+        list(stream_text(model, tok, "ABC", greedy()))
+    with pytest.raises(ValueError, match="context"):
+        list(stream_text(model, tok, "a" * 64, greedy()))
+    with pytest.raises(ValueError, match="top_p"):
+        list(stream_text(model, tok, "abc", greedy(top_p=0)))
+
+
+def test_stream_pieces_concatenate_to_decode(char_model):
+    model, tok = char_model
+    pieces = list(stream_text(model, tok, "the cat", greedy(25)))
+    from backbone.generate import generate
+    toks = [int(t[0]) for t in generate(model, [tok.encode("the cat")], greedy(25))]
+    assert len(toks) == 25
+    assert "".join(pieces) == tok.decode(toks)
+    assert len(pieces) > 1  # streamed, not returned at once
+    assert len(set(toks)) > 2
+
+
+def test_stream_stop_string_truncates(char_model):
+    model, tok = char_model
+    full = "".join(stream_text(model, tok, "the cat", greedy(25)))
+    stop = full[6:8]  # a two-character string the greedy output contains
+    cut = full.find(stop)
+    out = "".join(stream_text(model, tok, "the cat", greedy(25, stop_strings=[stop])))
+    assert out == full[:cut]
+    assert stop not in out
+    # a stop string that never appears changes nothing
+    assert "zzzzzzzz" not in full
+    assert "".join(stream_text(model, tok, "the cat", greedy(25, stop_strings=["zzzzzzzz"]))) == full
+
+
+def test_stream_stop_token(char_model):
+    model, tok = char_model
+    full = "".join(stream_text(model, tok, "the cat", greedy(25)))
+    stop_char = full[4]
+    out = "".join(stream_text(model, tok, "the cat", greedy(25, stop_tokens=[tok.stoi[stop_char]])))
+    assert out == full[:full.index(stop_char)]
+
+
+def byte_tokens(tok: BPETokenizer, text: str) -> list[int]:
+    """ids that spell ``text`` one UTF-8 byte per token (the byte-level alphabet)."""
+    from tokenizers import pre_tokenizers
+    chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)[0][0]
+    return [tok.token_id(c) for c in chars]
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Make generate() yield a fixed token script; returns a fake model and a setter."""
+    import types
+    import backbone.generate as gen_mod
+    script = []
+
+    def fake_generate(model, prompts, params, head="lm", **kw):
+        for t in script[:params.max_new_tokens]:
+            yield torch.tensor([t])
+    monkeypatch.setattr(gen_mod, "generate", fake_generate)
+    model = types.SimpleNamespace(args=types.SimpleNamespace(block_size=64))
+    return model, script
+
+
+def test_stream_bpe_never_emits_half_a_character(bpe, scripted):
+    model, script = scripted
+    text = "a\U0001F600\u65e5b\u00e9"
+    script += byte_tokens(bpe, text)
+    assert len(script) == 1 + 4 + 3 + 1 + 2
+    pieces = list(stream_text(model, bpe, "hi", greedy(50)))
+    assert "".join(pieces) == text
+    assert pieces == ["a", "\U0001F600", "\u65e5", "b", "\u00e9"]
+
+
+def test_stream_stop_string_spanning_tokens(bpe, scripted):
+    model, script = scripted
+    script += byte_tokens(bpe, "ab\U0001F600cd\U0001F600ef")
+    out = list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["d\U0001F600", "zz"])))
+    assert "".join(out) == "ab\U0001F600c"
+    out = list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["\U0001F600"])))
+    assert "".join(out) == "ab"
+    # stop string at the very start: nothing is emitted
+    assert list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["ab"]))) == []
+
+
+def test_token_stream_no_seed_collisions():
+    # regression: seeds came from hash((seed, step, micro)) and hash(-1) == hash(-2) in CPython,
+    # so eval batches 0 and 1 were identical
+    st = TokenStream(torch.arange(100_000), 4)
+    starts = {tuple(st.batch(s, 2, m)["input_ids"][:, 0].tolist()) for s in range(-20, 20) for m in range(3)}
+    assert len(starts) == 40 * 3
