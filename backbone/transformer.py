@@ -96,8 +96,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # normalise in fp32 as Llama does, so bf16 runs keep the statistics exact
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
 
 
 NORMS = {"rmsnorm": RMSNorm, "layernorm": nn.LayerNorm}
@@ -140,13 +139,11 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
                 input_pos: Tensor | None) -> Tensor:
         B, T, _ = x.shape
-        q, k, v = self.wqkv(x).split([self.n_head * self.head_dim, self.n_kv_head * self.head_dim,
-                                      self.n_kv_head * self.head_dim], dim=-1)
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)     # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hs)
+        qkv = self.wqkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+        qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # (B, nh+nkv, T, hs), (B, nkv, T, hs)
         if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+            qk = apply_rope(qk, *rope)  # q and k rotated in one go
+        q, k = qk.split([self.n_head, self.n_kv_head], dim=1)                  # (B, nh, T, hs), (B, nkv, T, hs)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(input_pos, k, v)                 # (B, nkv, S, hs)
         is_causal = mask is None and T > 1  # with a cache this is a prefill from slot 0: Tq == Tk

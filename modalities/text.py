@@ -135,14 +135,14 @@ class TokenStream:
         if ids.numel() <= block_size + 1:
             raise ValueError(f"corpus of {ids.numel()} tokens is shorter than block_size+1={block_size + 1}")
         self.ids, self.block_size, self.seed = ids.long(), block_size, seed
+        self._offsets = torch.arange(block_size + 1)
 
     def batch(self, step: int, batch_size: int, micro: int = 0, rows: slice = slice(None)) -> dict:
         """Global batch for this step; returns rows ``rows`` of it: input_ids/targets (b, T)."""
         g = torch.Generator().manual_seed(_batch_seed(self.seed, step, micro))
-        ix = torch.randint(self.ids.numel() - self.block_size - 1, (batch_size,), generator=g)[rows]
-        x = torch.stack([self.ids[i:i + self.block_size] for i in ix.tolist()])
-        y = torch.stack([self.ids[i + 1:i + 1 + self.block_size] for i in ix.tolist()])
-        return {"input_ids": x, "targets": {"lm": y}}
+        ix = torch.randint(self.ids.numel() - self.block_size, (batch_size,), generator=g)[rows]
+        win = self.ids[ix[:, None] + self._offsets]                     # (b, T+1), one gather
+        return {"input_ids": win[:, :-1], "targets": {"lm": win[:, 1:]}}
 
     def eval_batches(self, n_batches: int, batch_size: int) -> list[dict]:
         """A fixed set of windows (seeded), the same for every model being compared."""

@@ -45,16 +45,17 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(110, cfg) == pytest.approx(0.1)
 
 
-def test_resume_is_exact(tmp_path):
-    full = tiny_config(tmp_path / "a")
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_exact(tmp_path, optimizer):
+    full = tiny_config(tmp_path / "a", optimizer=optimizer)
     _, m_full = train_text.run(full)
 
-    part = tiny_config(tmp_path / "b", stop_after=5)  # "killed" at step 5: last checkpoint is step 4
+    part = tiny_config(tmp_path / "b", stop_after=5, optimizer=optimizer)  # "killed" at step 5: last checkpoint is step 4
     train_text.run(part)
     assert latest_checkpoint(tmp_path / "b" / "run").name == "step_0000004"
     # a crash while writing leaves only a .tmp folder, which resume ignores
     (tmp_path / "b" / "run" / "ckpt" / "step_0000006.tmp").mkdir()
-    resumed = tiny_config(tmp_path / "b")
+    resumed = tiny_config(tmp_path / "b", optimizer=optimizer)
     _, m_res = train_text.run(resumed, resume=True)
 
     wa, wb = final_weights(tmp_path / "a" / "run"), final_weights(tmp_path / "b" / "run")
