@@ -13,8 +13,9 @@ class KVCache(nn.Module):
     """
 
     def __init__(self, max_batch: int, n_kv_head: int, max_seq: int, head_dim: int,
-                 dtype=torch.float32, device=None):
+                 dtype=torch.float32, device=None, static: bool = False):
         super().__init__()
+        self.static = static  # always return all max_seq slots (fixed shapes for torch.compile)
         shape = (max_batch, n_kv_head, max_seq, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
@@ -27,12 +28,15 @@ class KVCache(nn.Module):
         """Write k, v (B, nkv, T, hs) at slots input_pos (T,); return the filled (B, nkv, S, hs) views.
 
         ``upto`` (S) is how many slots to return; default: up to the last written slot.
-        Returning only the filled prefix keeps CPU decoding cheap; pass ``upto=max_seq``
-        (with a mask) for static shapes under ``torch.compile``.
+        Returning only the filled prefix keeps eager CPU decoding cheap; a ``static`` cache
+        returns all max_seq slots (the caller masks the unwritten ones), so shapes never change
+        and a compiled decode step is traced once.
         """
         B = k.shape[0]
         kc, vc = self.k_cache[:B], self.v_cache[:B]
         kc.index_copy_(2, input_pos, k.to(kc.dtype))
         vc.index_copy_(2, input_pos, v.to(vc.dtype))
+        if self.static:
+            return kc, vc
         S = int(input_pos[-1]) + 1 if upto is None else upto
         return kc[:, :, :S], vc[:, :, :S]

@@ -23,6 +23,7 @@ class DecodeState:
     positions: Tensor        # (B,) next position id of each row
     key_valid: Tensor | None  # (B, max_seq) False at padding slots; None = no padding
     next_slot: int           # next cache slot to write (shared by all rows)
+    static: bool = False     # static cache: masks span all max_seq slots
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -39,7 +40,8 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
 
 
 @torch.no_grad()
-def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int) -> tuple[Tensor, DecodeState]:
+def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
+            static: bool = False) -> tuple[Tensor, DecodeState]:
     """Run the prompt through the backbone, filling the cache.
 
     input_ids, attention_mask: (B, P). Returns the last hidden state (B, D) and the DecodeState.
@@ -47,7 +49,7 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int) -> t
     B, P = input_ids.shape
     dev = input_ids.device
     bb = model.backbone
-    bb.setup_cache(B, max_seq, device=dev)
+    bb.setup_cache(B, max_seq, device=dev, static=static)
     padded = bool((attention_mask == 0).any())
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, P)
     input_pos = torch.arange(P, device=dev)
@@ -55,30 +57,54 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int) -> t
     if padded:
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
         key_valid[:, :P] = attention_mask.bool()
-        mask = build_mask(input_pos, input_pos, key_valid[:, :P], input_pos)   # (B, 1, P, P)
+    if padded or static:
+        S = max_seq if static else P
+        mask = build_mask(input_pos, torch.arange(S, device=dev),
+                          None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
     h = bb(input_ids=input_ids, positions=positions, mask=mask, input_pos=input_pos)  # (B, P, D)
-    state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P)
+    state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P, static=static)
     return h[:, -1], state
 
 
+def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor | None) -> Tensor:
+    """One backbone step over the cache: token, positions (B,), slot (1,) -> h (B, D).
+    Pure tensor code with fixed shapes under a static cache: this is what ``torch.compile`` traces."""
+    return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot)[:, -1]
+
+
 @torch.no_grad()
-def decode_one_token(model, token: Tensor, state: DecodeState) -> Tensor:
+def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_step) -> Tensor:
     """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place."""
     bb = model.backbone
     slot = torch.tensor([state.next_slot], device=token.device)
     mask = None
-    if state.key_valid is not None:
+    if state.static:  # (B|1, 1, 1, max_seq): written slots up to this one, minus padding
+        cache = bb.layers[0].attn.kv_cache
+        mask = (torch.arange(cache.max_seq, device=token.device) <= slot)[None, None, None, :]
+        if state.key_valid is not None:
+            mask = mask & state.key_valid[:, None, None, :]
+    elif state.key_valid is not None:
         mask = state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
-    h = bb(input_ids=token[:, None], positions=state.positions[:, None], mask=mask, input_pos=slot)
+    h = step_fn(bb, token, state.positions, slot, mask)
     state.positions = state.positions + 1
     state.next_slot += 1
-    return h[:, -1]
+    return h
+
+
+def compiled_decode_step(model):
+    """``torch.compile`` of decode_step, built once per model (gpt-fast style; use with a static
+    cache so the shapes never change). The first call per batch size pays the compile time."""
+    fn = getattr(model, "_compiled_decode_step", None)
+    if fn is None:
+        fn = torch.compile(decode_step, dynamic=False)
+        model._compiled_decode_step = fn
+    return fn
 
 
 @torch.no_grad()
 def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams, n: int,
                     head: str = "lm", generator: torch.Generator | None = None,
-                    seen: Tensor | None = None) -> Iterator[Tensor]:
+                    seen: Tensor | None = None, step_fn=decode_step) -> Iterator[Tensor]:
     """Sample from ``h`` (B, D), feed the token back, repeat n times. Yields (B,) tokens."""
     lm = model.heads[head]
     for i in range(n):
@@ -87,25 +113,30 @@ def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams
             seen[torch.arange(tok.shape[0]), tok] = True
         yield tok
         if i + 1 < n:
-            h = decode_one_token(model, tok, state)
+            h = decode_one_token(model, tok, state, step_fn)
 
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
-             pad_id: int = 0, device=None) -> Iterator[Tensor]:
+             pad_id: int = 0, device=None, compile: bool = False) -> Iterator[Tensor]:
     """Stream tokens for a batch of prompts. Yields (B,) token tensors, one per step.
 
     Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
     ``params.max_new_tokens``. Raises ValueError for a prompt longer than the context.
+    Past the context, the window slides as in nanoGPT: each next token is predicted from the
+    last ``block_size`` tokens (re-encoded once the cache is full).
+    ``compile=True`` decodes with a static cache of block_size slots and a ``torch.compile``d
+    step (same tokens; pays a one-off compile per batch size, then runs faster).
     """
     params.validate()
     device = device or next(model.parameters()).device
     ids, am = left_pad(prompts, pad_id)
     ids, am = ids.to(device), am.to(device)
-    P, block = ids.shape[1], model.args.block_size
-    if P >= block:
+    P, block, n = ids.shape[1], model.args.block_size, params.max_new_tokens
+    if P > block:
         raise ValueError(f"prompt is {P} tokens but the model's context is {block}; shorten the prompt")
-    n = min(params.max_new_tokens, block - P)
+    cache_len = block if compile else min(block, P + n)
+    history = [list(p) for p in prompts] if P + n > block else None  # only kept if the window must slide
     gen = None
     if params.seed is not None:
         gen = torch.Generator(device=device).manual_seed(params.seed)
@@ -119,13 +150,24 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
         seen[rows[real], ids[real]] = True
     stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
+    step_fn = compiled_decode_step(model) if compile else decode_step
+    produced = 0
     try:
-        h, state = prefill(model, ids, am, P + n)
-        for tok in decode_n_tokens(model, h, state, params, n, head, gen, seen):
-            out = torch.where(done, torch.full_like(tok, -1), tok)
-            done |= torch.isin(tok, stop)
-            yield out
-            if bool(done.all()):
-                break
+        h, state = prefill(model, ids, am, cache_len, static=compile)
+        while produced < n:
+            chunk = min(n - produced, cache_len - state.next_slot + 1)  # samples before the cache is full
+            for tok in decode_n_tokens(model, h, state, params, chunk, head, gen, seen, step_fn):
+                out = torch.where(done, torch.full_like(tok, -1), tok)
+                done |= torch.isin(tok, stop)
+                produced += 1
+                if history is not None:
+                    for row, t in zip(history, tok.tolist()):
+                        row.append(t)
+                yield out
+                if bool(done.all()):
+                    return
+            if produced < n:  # context full: re-encode the last block_size tokens of every row
+                ids, am = left_pad([row[-block:] for row in history], pad_id)
+                h, state = prefill(model, ids.to(device), am.to(device), cache_len, static=compile)
     finally:
         model.backbone.clear_cache()

@@ -210,14 +210,16 @@ class Transformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     # ---- KV cache -------------------------------------------------------------------------
-    def setup_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None, device=None):
-        """Allocate a KVCache of (max_batch, n_kv_head, max_seq, head_dim) in every layer."""
+    def setup_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None, device=None,
+                    static: bool = False):
+        """Allocate a KVCache of (max_batch, n_kv_head, max_seq, head_dim) in every layer.
+        ``static``: attention always spans all max_seq slots (for a compiled decode step)."""
         if max_seq > self.args.block_size and self.args.pos == "learned":
             raise ValueError(f"max_seq={max_seq} exceeds block_size={self.args.block_size}")
         p = self.tok_embeddings.weight
         for layer in self.layers:
             layer.attn.kv_cache = KVCache(max_batch, self.args.n_kv_head, max_seq, self.args.head_dim,
-                                          dtype or p.dtype, device or p.device)
+                                          dtype or p.dtype, device or p.device, static)
 
     def clear_cache(self):
         for layer in self.layers:
@@ -269,7 +271,11 @@ class Transformer(nn.Module):
             raise ValueError(f"position {int(positions.max())} exceeds block_size={self.args.block_size}")
         if isinstance(mask, MaskSpec):
             mask = mask.build(T, x.device)
-        if mask is None and input_pos is not None and T > 1 and int(input_pos[0]) != 0:
+        cache = self.layers[0].attn.kv_cache if input_pos is not None else None
+        if mask is None and cache is not None and cache.static:
+            # a static cache returns every slot: mask the ones after each query's own slot
+            mask = build_mask(input_pos, torch.arange(cache.max_seq, device=x.device))
+        elif mask is None and input_pos is not None and T > 1 and int(input_pos[0]) != 0:
             # chunked prefill / verification with a cache: causal over absolute slots
             # (a prefill from slot 0 keeps mask=None and takes SDPA's is_causal path)
             S = int(input_pos[-1]) + 1

@@ -65,9 +65,9 @@ def peak_rss_delta_mb(fn) -> tuple[float | None, str]:
 
 
 # ---- the two engines ------------------------------------------------------------------------
-def run_ours(model, prompt: list[int], n: int) -> list[int]:
+def run_ours(model, prompt: list[int], n: int, compile: bool = False) -> list[int]:
     params = SamplingParams(temperature=0.0, max_new_tokens=n)
-    return [int(t[0]) for t in generate(model, [prompt], params)]
+    return [int(t[0]) for t in generate(model, [prompt], params, compile=compile)]
 
 
 def run_hf(model, prompt: list[int], n: int) -> list[int]:
@@ -105,8 +105,11 @@ def build_engines(a) -> dict:
         hf.save_pretrained(d, safe_serialization=True)
         ours = load_hf(d)
     prompt = torch.randint(0, a.vocab, (a.prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
-    return {"ours": lambda: run_ours(ours, prompt, a.new_tokens),
-            "hf": lambda: run_hf(hf, prompt, a.new_tokens)}, ours
+    engines = {"ours": lambda: run_ours(ours, prompt, a.new_tokens),
+               "hf": lambda: run_hf(hf, prompt, a.new_tokens)}
+    if not a.no_compile:  # static cache + torch.compile'd decode step; compiled during warm-up
+        engines["ours+compile"] = lambda: run_ours(ours, prompt, a.new_tokens, compile=True)
+    return engines, ours
 
 
 def linear_floor_ms(model, n: int = 100) -> float:
@@ -145,6 +148,7 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=65)
     ap.add_argument("--quick", action="store_true", help="100 new tokens, 3 reps")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile engine")
     ap.add_argument("--mem-child", choices=["ours", "hf"], help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.quick:
@@ -156,14 +160,18 @@ def main(argv=None):
         with torch.inference_mode():
             print(json.dumps(peak_rss_delta_mb(engines[a.mem_child])))
         return None
-    cold = {k: cold_peak_rss_mb(k, a) for k in engines}
+    cold = {k: cold_peak_rss_mb(k, a) for k in ("ours", "hf")}  # (a cold compiled run would time the compiler)
     shipped = Path(__file__).resolve().parents[1] / "assets" / "text-shakespeare"
     note = ("seeded random weights of the GPT-2 shape" +
             (f" ({shipped.name} is shipped but not used: the GPT-2 comparison needs HF's GPT-2 class)"
              if shipped.exists() else ""))
 
     with torch.inference_mode():
-        outs = {k: f() for k, f in engines.items()}  # warm-up, and the outputs to compare
+        outs, warmup_s = {}, {}
+        for k, f in engines.items():  # warm-up (and compile), and the outputs to compare
+            t0 = time.perf_counter()
+            outs[k] = f()
+            warmup_s[k] = time.perf_counter() - t0
         times = {k: [] for k in engines}
         for _ in range(a.reps):
             for k, f in engines.items():
@@ -173,23 +181,26 @@ def main(argv=None):
         warm = {k: peak_rss_delta_mb(f) for k, f in engines.items()}
         floor = statistics.median(linear_floor_ms(ours) for _ in range(3))
 
-    same = outs["ours"] == outs["hf"]
+    same = all(o == outs["hf"] for o in outs.values())
     first_diff = next((i for i, (x, y) in enumerate(zip(outs["ours"], outs["hf"])) if x != y), None)
     rows = {}
     for k in engines:
         med = statistics.median(times[k])
         rows[k] = dict(median_s=med, tokens_per_s=a.new_tokens / med, ms_per_token=1000 * med / a.new_tokens,
-                       all_s=times[k], peak_rss_delta_mb_cold=cold[k], peak_rss_delta_mb_warm=warm[k][0])
+                       all_s=times[k], first_run_s=warmup_s[k], peak_rss_delta_mb_cold=cold.get(k),
+                       peak_rss_delta_mb_warm=warm[k][0], speedup_vs_hf=(a.new_tokens / med) / (a.new_tokens / statistics.median(times["hf"])))
     speedup = rows["ours"]["tokens_per_s"] / rows["hf"]["tokens_per_s"]
 
     print(f"GPT-2 shape 6L/384/6H, vocab {a.vocab}, prompt {a.prompt_len}, {a.new_tokens} new tokens, "
           f"batch 1, greedy, fp32, {a.threads} threads, median of {a.reps}")
-    print(f"{'engine':<8}{'tokens/s':>10}{'ms/token':>10}{'peak RSS +MiB cold':>20}{'warm':>8}")
+    print(f"{'engine':<14}{'tokens/s':>10}{'ms/token':>10}{'vs hf':>8}{'first run s':>13}{'peak RSS +MiB cold':>20}{'warm':>8}")
     fmt = lambda x: "n/a" if x is None else f"{x:.1f}"  # noqa: E731
     for k, r in rows.items():
-        print(f"{k:<8}{r['tokens_per_s']:>10.1f}{r['ms_per_token']:>10.2f}"
+        print(f"{k:<14}{r['tokens_per_s']:>10.1f}{r['ms_per_token']:>10.2f}{r['speedup_vs_hf']:>7.2f}x{r['first_run_s']:>13.1f}"
               f"{fmt(r['peak_rss_delta_mb_cold']):>20}{fmt(r['peak_rss_delta_mb_warm']):>8}")
-    print(f"speedup ours/hf: {speedup:.2f}x   greedy outputs identical: {same}"
+    print(f"speedup ours/hf: {speedup:.2f}x eager"
+          + (f", {rows['ours+compile']['speedup_vs_hf']:.2f}x compiled" if "ours+compile" in rows else "")
+          + f"   greedy outputs identical: {same}"
           + ("" if same else f" (first difference at token {first_diff})"))
     print(f"Linear layers alone: {floor:.2f} ms/token -> at zero overhead ours/hf could reach at most "
           f"{rows['hf']['ms_per_token'] / floor:.2f}x")

@@ -160,7 +160,7 @@ def stream_text(model, tokenizer, prompt: str, params, head: str = "lm"):
         raise ValueError("the prompt is empty; type a few characters to start from")
     params.validate()
     ids = tokenizer.encode(prompt)
-    if len(ids) >= model.args.block_size:
+    if len(ids) > model.args.block_size:
         raise ValueError(f"prompt is {len(ids)} tokens but the model's context is {model.args.block_size}")
     out: list[int] = []
     emitted = ""

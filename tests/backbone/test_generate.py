@@ -116,17 +116,28 @@ def test_sampling_seed_reproducible(seed):
     assert not torch.equal(a, c)
 
 
-def test_generation_capped_by_context(seed):
-    model = build()  # block_size 64
-    out = run(model, [[1] * 60], SamplingParams(temperature=0, max_new_tokens=100))
-    assert out.shape == (1, 4)
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_past_the_context_the_window_slides_like_nanogpt(seed, pos):
+    """Beyond block_size, each token is predicted from the last block_size tokens (nanoGPT's crop)."""
+    model = build(pos)  # block_size 64
+    prompts = [[(7 * i) % V for i in range(60)], [5, 9, 2]]
+    out = run(model, prompts, SamplingParams(temperature=0, max_new_tokens=30))
+    assert out.shape == (2, 30)
     assert not model.backbone.has_cache  # cleared afterwards
+    for row, prompt in zip(out.tolist(), prompts):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(30):
+                h = model.backbone(torch.tensor([ids[-64:]]))
+                ids.append(int(model.heads["lm"](h)[0, -1].argmax()))
+        assert row == ids[len(prompt):]
 
 
 def test_prompt_longer_than_context_raises(seed):
     model = build()
+    next(generate(model, [[1] * 64], SamplingParams()))  # exactly the context is fine
     with pytest.raises(ValueError, match="context"):
-        next(generate(model, [[1] * 64], SamplingParams()))
+        next(generate(model, [[1] * 65], SamplingParams()))
     assert not model.backbone.has_cache
 
 
@@ -147,3 +158,31 @@ def test_generate_validates(seed):
     model = build()
     with pytest.raises(ValueError, match="temperature"):
         next(generate(model, [[1]], SamplingParams(temperature=-1)))
+
+
+def _greedy_tokens(model, prompts, n, static=False, step_fn=None):
+    from backbone.generate import decode_n_tokens, decode_step, left_pad, prefill
+    ids, am = left_pad(prompts)
+    h, state = prefill(model, ids, am, model.args.block_size if static else ids.shape[1] + n, static=static)
+    try:
+        toks = list(decode_n_tokens(model, h, state, SamplingParams(temperature=0), n, step_fn=step_fn or decode_step))
+    finally:
+        model.backbone.clear_cache()
+    return torch.stack(toks, 1)
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned"])
+def test_static_cache_matches_dynamic_cache(seed, pos):
+    """The static cache (all block_size slots + mask) is what the compiled step traces."""
+    model = build(pos)
+    dyn = _greedy_tokens(model, PROMPTS, 12)
+    sta = _greedy_tokens(model, PROMPTS, 12, static=True)
+    assert torch.equal(dyn, sta)
+    assert len(set(dyn.flatten().tolist())) >= 4
+
+
+@pytest.mark.slow
+def test_compiled_decode_gives_the_same_tokens(seed):
+    model = build()
+    p = SamplingParams(temperature=0, max_new_tokens=10)
+    assert torch.equal(run(model, PROMPTS, p), run(model, PROMPTS, p, compile=True))

@@ -162,7 +162,7 @@ def test_stream_unknown_chars_and_long_prompt(char_model):
     with pytest.raises(ValueError, match="vocabulary"):
         list(stream_text(model, tok, "ABC", greedy()))
     with pytest.raises(ValueError, match="context"):
-        list(stream_text(model, tok, "a" * 64, greedy()))
+        list(stream_text(model, tok, "a" * 65, greedy()))
     with pytest.raises(ValueError, match="top_p"):
         list(stream_text(model, tok, "abc", greedy(top_p=0)))
 
