@@ -275,15 +275,16 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     log = open(log_path, "a") if rank == 0 else None
 
     last: dict = {}
-    done = start
+    done, step_s = start, 0.0
     t0, tokens = time.time(), 0  # t0 moves forward by eval/checkpoint time: budgets count training only
     end = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
                desc="train", dynamic_ncols=True)
     for step in bar:
-        time_frac = (time.time() - t0) / cfg.max_time_s if cfg.max_time_s else 0.0
-        if time_frac >= 1.0:
-            break
+        ts = time.time()
+        time_frac = (ts - t0) / cfg.max_time_s if cfg.max_time_s else 0.0
+        if cfg.max_time_s and ts - t0 + step_s > cfg.max_time_s:
+            break  # the next step would overrun the budget
         lr = lr_at(step, cfg, time_frac)
         for g in (g for o in opts for g in o.param_groups):
             g["lr"] = lr * g.get("lr_mult", 1.0)
@@ -312,7 +313,8 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
             rec = {"step": done, "loss": float(loss_sum), "lr": lr, "tokens": tokens,
                    "elapsed_s": round(time.time() - t0, 3)}
             bar.set_postfix(loss=f"{float(loss_sum):.4f}")
-        out_of_time = cfg.max_time_s is not None and time.time() - t0 >= cfg.max_time_s
+        step_s = time.time() - ts
+        out_of_time = cfg.max_time_s is not None and time.time() - t0 + step_s > cfg.max_time_s
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:
             te = time.time()
             rec = {**(rec or {"step": done}), **evaluate(wrapped, task, device, cfg.bf16)}
