@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backbone.generate import generate  # noqa: E402
+from benchmarks import common  # noqa: E402
 from backbone.hf_import import load_hf  # noqa: E402
 from backbone.sampling import SamplingParams  # noqa: E402
 
@@ -78,16 +78,8 @@ def run_hf(model, prompt: list[int], n: int) -> list[int]:
 
 
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import transformers
-    return dict(platform=platform.platform(), python=platform.python_version(), cpu=cpu,
-                cpu_count=os.cpu_count(), threads=threads, torch=torch.__version__,
-                transformers=transformers.__version__)
+    return {**common.machine_info(), "threads": threads, "transformers": transformers.__version__}
 
 
 def build_engines(a) -> dict:
