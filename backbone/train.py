@@ -274,12 +274,34 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
         atomic_write_text(log_path, "".join(l + "\n" for l in old if json.loads(l)["step"] <= start))
     log = open(log_path, "a") if rank == 0 else None
 
-    last: dict = {}
-    done, step_s = start, 0.0
-    t0, tokens = time.time(), 0  # t0 moves forward by eval/checkpoint time: budgets count training only
     end = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
                desc="train", dynamic_ncols=True)
+    progress = {"done": start}  # the last finished step, for an interrupted run
+    try:
+        return _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress)
+    except KeyboardInterrupt:
+        if world == 1 and progress["done"] > start and not progress.get("updating"):
+            # keep the work: one more atomic checkpoint of the last finished step, then stop
+            save_checkpoint(wrapped, opts, progress["done"], cfg, rank, tokenizer)
+            print(f"\n[train] interrupted: saved step {progress['done']} to {out}/ckpt; continue with --resume")
+        raise
+    finally:
+        bar.close()
+        if log:
+            log.close()
+
+
+def _check_finite(loss: torch.Tensor, step: int, cfg: TrainConfig):
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {float(loss)} at step {step}; the last good checkpoint "
+                                 f"is in {cfg.out_dir}/ckpt (lower lr or enable grad_clip, then --resume)")
+
+
+def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress) -> dict:
+    last: dict = {}
+    done, step_s = progress["done"], 0.0
+    t0, tokens = time.time(), 0  # t0 moves forward by eval/checkpoint time: budgets count training only
     for step in bar:
         ts = time.time()
         time_frac = (ts - t0) / cfg.max_time_s if cfg.max_time_s else 0.0
@@ -302,14 +324,17 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
             tokens += batch["input_ids"].numel() * world if "input_ids" in batch else 0
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+        progress["updating"] = True  # an interrupt in here would leave half-updated weights
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
+        progress["updating"] = False
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
-        done = step + 1
+        done = progress["done"] = step + 1
         rec = None
         if done % cfg.log_every == 0 or done == cfg.max_steps:
+            _check_finite(loss_sum, done, cfg)
             rec = {"step": done, "loss": float(loss_sum), "lr": lr, "tokens": tokens,
                    "elapsed_s": round(time.time() - t0, 3)}
             bar.set_postfix(loss=f"{float(loss_sum):.4f}")
@@ -324,10 +349,8 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
             log.flush()
         last = rec or last
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps or out_of_time:
+            _check_finite(loss_sum, done, cfg)  # never checkpoint diverged weights
             te = time.time()
             save_checkpoint(wrapped, opts, done, cfg, rank, tokenizer)
             t0 += time.time() - te
-    bar.close()
-    if log:
-        log.close()
     return {**last, "step": done, "tokens": tokens, "train_time_s": time.time() - t0}

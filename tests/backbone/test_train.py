@@ -186,3 +186,43 @@ def test_bf16_autocast_trains(tmp_path):
     assert log[-1]["loss"] < 0.7 * log[0]["loss"]
     assert metrics["val_loss"] < 0.7 * log[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast keeps fp32 master weights
+
+
+class _InterruptAt(_FixedTask):
+    """Raises KeyboardInterrupt when asked for the batch of ``step`` (as Ctrl-C would)."""
+
+    def __init__(self, vocab, step):
+        super().__init__(vocab, 1)
+        self.step = step
+
+    def train_batch(self, step, micro, rows):
+        if step == self.step:
+            raise KeyboardInterrupt
+        return super().train_batch(step, micro, rows)
+
+
+def test_ctrl_c_saves_the_last_finished_step_and_resume_is_exact(tmp_path):
+    from backbone.train import train
+    cfg = lambda d: TrainConfig(out_dir=str(tmp_path / d), max_steps=6, batch_size=8, warmup_steps=1,  # noqa: E731
+                                eval_every=0, ckpt_every=0, progress=False)
+    ref = _tiny_model()
+    train(ref, _FixedTask(32, 1), cfg("ref"))
+    model = _tiny_model()
+    with pytest.raises(KeyboardInterrupt):
+        train(model, _InterruptAt(32, step=3), cfg("run"))
+    assert latest_checkpoint(tmp_path / "run").name == "step_0000003"
+    model = _tiny_model()
+    train(model, _FixedTask(32, 1), cfg("run"), resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_diverged_loss_stops_with_a_clear_error(tmp_path):
+    from backbone.train import train
+    model = _tiny_model()
+    with torch.no_grad():
+        model.backbone.layers[0].attn.wo.weight.fill_(float("nan"))
+    cfg = TrainConfig(out_dir=str(tmp_path), max_steps=4, batch_size=8, ckpt_every=1, progress=False)
+    with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
+        train(model, _FixedTask(32, 1), cfg)
+    assert latest_checkpoint(tmp_path) is None  # nothing diverged was written
