@@ -13,9 +13,13 @@ Transformers via Speculative Decoding"; Chen et al. 2023):
 Rolling back is free: rejected slots in the cache are simply overwritten by the next round (the
 attention of each round spans slots ≤ its own, see ``KVCache.update``).
 
-Drafters:
+Drafters return ``(tokens, q)`` where q is (len(tokens), V) draft probabilities, or None for
+deterministic drafts (one-hot q):
   * ``NgramDrafter``: prompt lookup / ADED-style n-gram drafting from the text so far (no draft
-    model; q is one-hot, so a draft token is kept with probability p(x)).
+    model; a draft token is kept with probability p(x)).
+  * ``ModelDrafter``: a small checkpoint with its own KV cache drafts γ tokens (Big Little
+    Decoder, Kim et al. 2023), with BiLD's fallback policy: stop drafting as soon as the small
+    model's top probability falls below ``fallback`` and hand over to the big model.
 """
 from __future__ import annotations
 
@@ -39,14 +43,76 @@ class NgramDrafter:
     def __init__(self, max_n: int = 3, min_n: int = 1):
         self.max_n, self.min_n = max_n, min_n
 
-    def __call__(self, history: list[int], gamma: int) -> list[int]:
+    def __call__(self, history: list[int], gamma: int, params: SamplingParams | None = None,
+                 gen=None) -> tuple[list[int], None]:
         L = len(history)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             suffix = history[L - n:]
             for start in range(L - n - 1, -1, -1):  # latest earlier match first
                 if history[start:start + n] == suffix:
-                    return history[start + n:start + n + gamma]
-        return []
+                    return history[start + n:start + n + gamma], None
+        return [], None
+
+    def reset(self, device=None):
+        pass
+
+    def close(self):
+        pass
+
+
+class ModelDrafter:
+    """A small model drafts with its own KV cache; its cache is rolled back to the accepted prefix.
+
+    fallback: BiLD's fallback policy — stop the draft early when the small model's largest
+    probability is below this (None = always draft gamma tokens).
+    """
+
+    def __init__(self, model, head: str = "lm", fallback: float | None = None):
+        self.model, self.head, self.fallback = model, head, fallback
+        self.seen: list[int] = []  # the tokens whose keys/values are in the draft cache, in order
+
+    def reset(self, device=None):
+        self.model.backbone.setup_cache(1, self.model.args.block_size, device=device)
+        self.seen = []
+
+    def close(self):
+        self.model.backbone.clear_cache()
+
+    def _forward(self, tokens: list[int]) -> Tensor:
+        """Append tokens to the draft cache; return the logits after the last one (V,)."""
+        bb, s = self.model.backbone, len(self.seen)
+        dev = next(self.model.parameters()).device
+        pos = torch.arange(s, s + len(tokens), device=dev)
+        mask = build_mask(pos, torch.arange(s + len(tokens), device=dev)) if len(tokens) > 1 else None
+        h = bb(input_ids=torch.tensor([tokens], device=dev), mask=mask, input_pos=pos)
+        self.seen += tokens
+        return self.model.heads[self.head](h[0, -1])
+
+    def __call__(self, history: list[int], gamma: int, params: SamplingParams | None = None,
+                 gen=None) -> tuple[list[int], Tensor | None]:
+        # roll back to the longest prefix shared with the accepted history, then catch up
+        k = 0
+        while k < min(len(self.seen), len(history)) and self.seen[k] == history[k]:
+            k += 1
+        k = min(k, len(history) - 1)  # always re-feed at least the newest token
+        self.seen = self.seen[:k]
+        logits = self._forward(history[k:])
+        tokens, qs = [], []
+        greedy = params is None or params.temperature == 0
+        for i in range(gamma):
+            if greedy:
+                q = logits.double().softmax(-1)
+                t = int(q.argmax())
+            else:
+                q = process_logits(logits[None], params)[0].softmax(-1)
+                t = int(torch.multinomial(q, 1, generator=gen))
+            if self.fallback is not None and float(q.max()) < self.fallback:
+                break  # BiLD fallback: the small model is unsure, let the big one speak
+            tokens.append(t)
+            qs.append(q)
+            if i + 1 < gamma:
+                logits = self._forward([t])
+        return tokens, (None if greedy or not qs else torch.stack(qs))
 
 
 @torch.no_grad()
@@ -71,6 +137,7 @@ def generate_drafted(model, prompt: list[int], params: SamplingParams, drafter=N
     stats = stats if stats is not None else {}
     stats.update(rounds=0, drafted=0, accepted=0)
     history = list(prompt)
+    drafter.reset(device)
     try:
         # 1. prefill all but the last prompt token: that one is "pending", fed with the first drafts
         if len(prompt) > 1:
@@ -83,14 +150,15 @@ def generate_drafted(model, prompt: list[int], params: SamplingParams, drafter=N
         pending, produced = prompt[-1], 0
         while produced < n:
             # 2. draft up to gamma tokens, never past the token budget
-            draft = drafter(history, gamma)[: max(0, n - produced - 1)]
+            budget = max(0, min(gamma, n - produced - 1))
+            draft, q = drafter(history, budget, params, gen) if budget else ([], None)
             # 3. verify pending + draft in one forward: logits[i] is the distribution after token i
             x = torch.tensor([[pending, *draft]], device=device)
             pos = torch.arange(slot, slot + x.shape[1], device=device)
             mask = build_mask(pos, torch.arange(slot + x.shape[1], device=device))
             logits = lm(bb(input_ids=x, mask=mask, input_pos=pos))[0]          # (1 + len(draft), V)
             # 4. accept the longest prefix, then one token from the model itself
-            out, k = _accept(logits, draft, params, gen)
+            out, k = _accept(logits, draft, q, params, gen)
             stats["rounds"] += 1
             stats["drafted"] += len(draft)
             stats["accepted"] += k
@@ -104,10 +172,12 @@ def generate_drafted(model, prompt: list[int], params: SamplingParams, drafter=N
             pending = out[-1]
     finally:
         bb.clear_cache()
+        drafter.close()
 
 
-def _accept(logits: Tensor, draft: list[int], params: SamplingParams, gen) -> tuple[list[int], int]:
-    """logits (1+γ, V) -> (tokens to emit, number of accepted drafts). One-hot q (deterministic drafts)."""
+def _accept(logits: Tensor, draft: list[int], q: Tensor | None, params: SamplingParams,
+            gen) -> tuple[list[int], int]:
+    """logits (1+γ, V), q (γ, V) or None (one-hot) -> (tokens to emit, number of accepted drafts)."""
     if params.temperature == 0:
         best = logits.argmax(-1).tolist()
         k = 0
@@ -116,11 +186,15 @@ def _accept(logits: Tensor, draft: list[int], params: SamplingParams, gen) -> tu
         return draft[:k] + [best[k]], k
     probs = process_logits(logits, params).softmax(-1)                       # float64 (1+γ, V)
     for i, d in enumerate(draft):
-        # keep d with probability p(d) / q(d), q(d) = 1
-        if torch.rand((), generator=gen, dtype=torch.float64, device=probs.device) < probs[i, d]:
+        qd = 1.0 if q is None else q[i, d]
+        # keep d with probability min(1, p(d) / q(d))
+        if torch.rand((), generator=gen, dtype=torch.float64, device=probs.device) * qd < probs[i, d]:
             continue
-        residual = probs[i].clone()
-        residual[d] = 0.0  # norm(max(0, p - q)) with one-hot q
+        if q is None:
+            residual = probs[i].clone()
+            residual[d] = 0.0                                   # max(0, p - q) with one-hot q
+        else:
+            residual = (probs[i] - q[i].to(probs)).clamp(min=0)  # max(0, p - q)
         t = int(torch.multinomial(residual / residual.sum(), 1, generator=gen))
         return draft[:i] + [t], i
     t = int(torch.multinomial(probs[len(draft)], 1, generator=gen))

@@ -26,9 +26,9 @@ def build(V=40, std=0.3, seed=0) -> OmniModel:
 def test_ngram_drafter_proposes_what_followed_the_latest_match():
     d = NgramDrafter(max_n=3)
     h = [1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 2, 3, 4]
-    assert d(h, 3) == [7, 2, 3]        # "2 3 4" last seen before the end at index 6 -> then 7, 2, 3
-    assert d([5, 6, 7], 2) == []       # nothing repeats
-    assert d([1, 2, 1], 4) == [2, 1]   # falls back to the 1-gram "1"
+    assert d(h, 3)[0] == [7, 2, 3]       # "2 3 4" last seen before the end at index 6 -> then 7, 2, 3
+    assert d([5, 6, 7], 2)[0] == []      # nothing repeats
+    assert d([1, 2, 1], 4)[0] == [2, 1]  # falls back to the 1-gram "1"
 
 
 @pytest.mark.parametrize("prompt", [[1, 2, 3, 1, 2, 3, 1, 2], [5], [7, 7, 7, 7, 7, 7]])
@@ -77,3 +77,48 @@ def test_sampling_distribution_is_the_models():
     tv = 0.5 * sum(abs(counts[k] / N - exact[k]) for k in exact)
     assert accepted > 0.2 * N and rejected > 0.2 * N  # both paths of the rule were exercised
     assert tv < 0.04, tv       # sampling noise at N=3000 over 25 cells is ~0.02
+
+
+@pytest.mark.parametrize("fallback", [None, 0.12])
+def test_draft_model_greedy_is_identical(fallback):
+    from backbone.speculative import ModelDrafter
+    big, small = build(seed=0), build(seed=0, std=0.25)  # related but different models
+    params = SamplingParams(temperature=0, max_new_tokens=25)
+    for prompt in ([1, 2, 3], [9]):
+        plain = [int(t[0]) for t in generate(big, [prompt], params)]
+        st = {}
+        out = list(generate_drafted(big, prompt, params, drafter=ModelDrafter(small, fallback=fallback), stats=st))
+        assert out == plain
+        assert st["drafted"] > 0
+        if fallback is not None:  # the policy really cut some drafts short
+            full = {}
+            list(generate_drafted(big, prompt, params, drafter=ModelDrafter(small), stats=full))
+            assert st["drafted"] < full["drafted"]
+    assert not small.backbone.has_cache and not big.backbone.has_cache
+
+
+def test_draft_model_sampling_distribution_is_the_big_models():
+    from backbone.speculative import ModelDrafter
+    V = 5
+    big, small = build(V=V, std=0.3, seed=2), build(V=V, std=0.3, seed=3)
+    prompt = [0, 1, 2, 0, 1]
+    with torch.no_grad():
+        p1 = big.heads["lm"](big.backbone(torch.tensor([prompt])))[0, -1].double().softmax(-1)
+        exact = {}
+        for a in range(V):
+            p2 = big.heads["lm"](big.backbone(torch.tensor([prompt + [a]])))[0, -1].double().softmax(-1)
+            for b in range(V):
+                exact[(a, b)] = float(p1[a] * p2[b])
+    counts = dict.fromkeys(exact, 0)
+    N, accepted, rejected = 3000, 0, 0
+    drafter = ModelDrafter(small)
+    for seed in range(N):
+        st = {}
+        a, b, _ = generate_drafted(big, prompt, SamplingParams(temperature=1.0, max_new_tokens=3, seed=seed),
+                                   drafter=drafter, gamma=2, stats=st)
+        counts[(a, b)] += 1
+        accepted += st["accepted"]
+        rejected += st["drafted"] - st["accepted"]
+    tv = 0.5 * sum(abs(counts[k] / N - exact[k]) for k in exact)
+    assert accepted > 0.2 * N and rejected > 0.2 * N
+    assert tv < 0.04, tv
