@@ -15,10 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# Debian packages the tests use: chromium (browser tests), espeak-ng (speech corpus)
+# Debian packages the tests use: chromium (browser tests), espeak-ng (speech corpus),
+# fortunes (text corpus of assets/text-fortunes-bpe)
 sysdeps:
-	@if ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null; then \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium espeak-ng >/dev/null; fi
+	@if ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null || \
+	    ! [ -f /usr/share/games/fortunes/fortunes ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium espeak-ng fortunes >/dev/null; fi
 
 # Import every pinned package and touch the compiled ops: a torch/torchvision/torchaudio
 # mismatch imports fine under `pip check` but fails here.

@@ -5,6 +5,8 @@ finished model is written to ``out`` with its tokenizer and the exact command in
 """
 from __future__ import annotations
 
+import glob
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -25,6 +27,24 @@ def resolve(path: str) -> Path:
     """Paths in configs are relative to the project root (data lives in ../shared/data)."""
     p = Path(path)
     return p if p.is_absolute() or p.exists() else ROOT / p
+
+
+def read_corpus(data: dict) -> str:
+    """The training text: ``data.path`` is a file, a glob or a list of them, concatenated in
+    sorted file order. ``data.format: fortune`` turns the '%' lines that separate the entries of
+    fortune(6) files into blank lines."""
+    paths = data["path"] if isinstance(data["path"], list) else [data["path"]]
+    files = sorted({f for p in paths for f in (glob.glob(str(resolve(p))) if glob.has_magic(p) else [resolve(p)])})
+    missing = [str(f) for f in files if not Path(f).is_file()]
+    if not files or missing:
+        raise FileNotFoundError(f"training text {missing or data['path']} not found")
+    text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
+    fmt = data.get("format", "plain")
+    if fmt == "fortune":
+        return re.sub(r"(?m)^%$", "", text)
+    if fmt != "plain":
+        raise ValueError(f"unknown data format {fmt!r}; choose 'plain' or 'fortune'")
+    return text
 
 
 def load_config(path: str | Path) -> dict:
@@ -51,11 +71,9 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
         overrides: dict | None = None) -> tuple[OmniModel, dict]:
     """Train as the config says; returns the model and the final metrics."""
     data = cfg["data"]
-    text_path = resolve(data["path"])
-    if not text_path.is_file():
-        raise FileNotFoundError(f"training text {text_path} not found")
-    text = text_path.read_text(encoding="utf-8")
-    split = int(len(text) * data.get("train_fraction", 0.9))  # nanoGPT: first 90% train, last 10% val
+    text = read_corpus(data)
+    # nanoGPT: first 90% train, last 10% val, cut between characters; each part is tokenized on its own
+    split = int(len(text) * data.get("train_fraction", 0.9))
     tk = cfg.get("tokenizer", {"kind": "char"})
     tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
                                tk.get("vocab_size", 2048), tk.get("special_tokens"))
