@@ -9,6 +9,7 @@ import torch
 from apps.train_text import load_config, read_corpus
 from backbone.container import OmniModel
 from modalities.text import load_tokenizer
+from quality_utils import val_loss_on_windows  # tests/assets/quality_utils.py
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "assets" / "text-fortunes-bpe"
@@ -33,14 +34,7 @@ def test_val_loss_below_threshold(shipped):
     data = load_config(CONFIG)["data"]
     text = read_corpus(data)  # needs Debian's `fortunes` package: make sysdeps
     ids = torch.tensor(tok.encode(text[int(len(text) * data["train_fraction"]):]))
-    T = model.args.block_size
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(len(ids) - T - 1, (128,), generator=g).tolist()
-    x = torch.stack([ids[s:s + T] for s in starts])
-    y = torch.stack([ids[s + 1:s + T + 1] for s in starts])
-    with torch.no_grad():
-        loss, _ = model(x, targets={"lm": y})
-    assert float(loss) < 4.10
+    assert val_loss_on_windows(model, ids) < 4.10
 
 
 def test_any_unicode_round_trips_through_the_tokenizer(shipped):

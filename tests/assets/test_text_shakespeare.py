@@ -8,6 +8,7 @@ import torch
 from backbone.container import OmniModel
 from backbone.sampling import SamplingParams
 from modalities.text import load_tokenizer, stream_text
+from quality_utils import val_loss_on_windows  # tests/assets/quality_utils.py
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "assets" / "text-shakespeare"
@@ -30,14 +31,7 @@ def test_val_loss_below_threshold(shipped):
     model, tok = shipped
     text = DATA.read_text()
     ids = torch.tensor(tok.encode(text[int(len(text) * 0.9):]))
-    T = model.args.block_size
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(len(ids) - T - 1, (128,), generator=g).tolist()
-    x = torch.stack([ids[s:s + T] for s in starts])
-    y = torch.stack([ids[s + 1:s + T + 1] for s in starts])
-    with torch.no_grad():
-        loss, _ = model(x, targets={"lm": y})
-    assert float(loss) < 1.80
+    assert val_loss_on_windows(model, ids) < 1.80
 
 
 def test_sampled_text_looks_like_a_play(shipped):

@@ -23,6 +23,15 @@ def build(V=40, std=0.3, seed=0) -> OmniModel:
     return m.eval()
 
 
+@torch.no_grad()
+def exact_first_two(model, prompt, V) -> dict:
+    """{(a, b): P(first two sampled tokens = a, b)} computed from the model's own softmax."""
+    def next_probs(ids):
+        return model.heads["lm"](model.backbone(torch.tensor([ids])))[0, -1].double().softmax(-1)
+    p1 = next_probs(prompt)
+    return {(a, b): float(p1[a] * p2b) for a in range(V) for b, p2b in enumerate(next_probs(prompt + [a]))}
+
+
 def test_ngram_drafter_proposes_what_followed_the_latest_match():
     d = NgramDrafter(max_n=3)
     h = [1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 2, 3, 4]
@@ -59,13 +68,7 @@ def test_sampling_distribution_is_the_models():
     V = 5
     model = build(V=V, std=0.3, seed=2)  # p(next = 2, the drafted token) ~ 0.47: both outcomes common
     prompt = [0, 1, 2, 0, 1, 2, 0, 1]  # repetitive: the n-gram drafter proposes tokens
-    with torch.no_grad():
-        p1 = model.heads["lm"](model.backbone(torch.tensor([prompt])))[0, -1].double().softmax(-1)
-        exact = {}
-        for a in range(V):
-            p2 = model.heads["lm"](model.backbone(torch.tensor([prompt + [a]])))[0, -1].double().softmax(-1)
-            for b in range(V):
-                exact[(a, b)] = float(p1[a] * p2[b])
+    exact = exact_first_two(model, prompt, V)
     counts = dict.fromkeys(itertools.product(range(V), range(V)), 0)
     N, accepted, rejected = 3000, 0, 0
     for seed in range(N):
@@ -102,13 +105,7 @@ def test_draft_model_sampling_distribution_is_the_big_models():
     V = 5
     big, small = build(V=V, std=0.3, seed=2), build(V=V, std=0.3, seed=3)
     prompt = [0, 1, 2, 0, 1]
-    with torch.no_grad():
-        p1 = big.heads["lm"](big.backbone(torch.tensor([prompt])))[0, -1].double().softmax(-1)
-        exact = {}
-        for a in range(V):
-            p2 = big.heads["lm"](big.backbone(torch.tensor([prompt + [a]])))[0, -1].double().softmax(-1)
-            for b in range(V):
-                exact[(a, b)] = float(p1[a] * p2[b])
+    exact = exact_first_two(big, prompt, V)
     counts = dict.fromkeys(exact, 0)
     N, accepted, rejected = 3000, 0, 0
     drafter = ModelDrafter(small)
