@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from backbone.masks import (MaskSpec, blockwise_ids, build_mask, causal_block_ids,

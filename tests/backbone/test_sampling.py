@@ -1,6 +1,4 @@
-import math
 
-import pytest
 import torch
 
 from backbone.sampling import (SamplingParams, apply_repetition_penalty, process_logits,

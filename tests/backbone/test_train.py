@@ -1,7 +1,6 @@
 """Trainer: exact resume, atomic checkpoints, DDP/FSDP equivalence, the CLI end to end."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
