@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apps import train_text  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
+from modalities.text import make_tokenizer  # noqa: E402
 
 NANOGPT_RECIPE = {
     "data": {"path": "../shared/data/tinyshakespeare.txt", "train_fraction": 0.9},
@@ -55,15 +56,12 @@ def val_loss(model, tokenizer, text: str, block: int, n_windows: int, seed: int 
     return total / n_windows
 
 
-def run_one(name, cfg, out_dir, val_text, n_windows):
+def run_one(name, cfg, out_dir, val_text, tok, n_windows):
     cfg = copy.deepcopy(cfg)
     cfg["train"]["out_dir"] = str(out_dir / name)
     cfg["train"]["progress"] = False
     t = time.time()
     model, m = train_text.run(cfg)
-    from modalities.text import make_tokenizer
-    text = train_text.resolve(cfg["data"]["path"]).read_text()
-    tok = make_tokenizer("char", text)
     row = {"model": name, "params": model.num_params(), "context": model.args.block_size,
            "steps": m["step"], "train_s": round(m["train_time_s"], 1), "tokens": m["tokens"],
            "tok_per_s": round(m["tokens"] / m["train_time_s"]),
@@ -85,14 +83,15 @@ def main():
     torch.manual_seed(0)
     text = train_text.resolve("../shared/data/tinyshakespeare.txt").read_text()
     val_text = text[int(len(text) * 0.9):]
+    tok = make_tokenizer("char", text)  # what the recipe builds: one id per character of the corpus
     out = Path(a.out)
     rows = []
     if not a.skip_baseline:
-        rows.append(run_one("nanoGPT recipe (our trainer)", NANOGPT_RECIPE, out, val_text, a.windows))
+        rows.append(run_one("nanoGPT recipe (our trainer)", NANOGPT_RECIPE, out, val_text, tok, a.windows))
     budget = a.budget_s or (rows[0]["train_s"] if rows else 70.0)
     ours = train_text.load_config(a.config)
     ours["train"] = {**ours["train"], "max_time_s": budget, "eval_every": 0, "ckpt_every": 0}
-    rows.append(run_one(f"ours ({Path(a.config).name}, <= {budget:.0f}s)", ours, out, val_text, a.windows))
+    rows.append(run_one(f"ours ({Path(a.config).name}, <= {budget:.0f}s)", ours, out, val_text, tok, a.windows))
     print()
     print_table(rows, ["model", "params", "context", "steps", "train_s", "tok_per_s", "val_loss", "val_loss_ctx64"])
     target = 1.70
