@@ -2,6 +2,7 @@
 
     omniar train text --config configs/text_shakespeare.yaml [--out assets/text-shakespeare] [--resume]
     omniar generate --model assets/text-shakespeare "ROMEO:" --max-new-tokens 200
+    omniar crystal "SrTiO3" --n 10 [--spacegroup Pm-3m] -o out/
     omniar demo [--port 7860]
     omniar export-hf --model assets/text-shakespeare --out /tmp/hf --arch llama
 
@@ -53,11 +54,18 @@ def _generate(a):
     sys.stdout.write("\n")
 
 
+def _crystal(a):
+    from apps import crystal
+    crystal.main(a)
+
+
 def _demo(a):
     from apps import launcher
     argv = ["--host", a.host, "--port", str(a.port)]
     if a.text_model:
         argv += ["--text-model", a.text_model]
+    if a.crystal_model:
+        argv += ["--crystal-model", a.crystal_model]
     launcher.main(argv)
 
 
@@ -73,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text"])
+    t.add_argument("task", choices=["text", "crystal"], help="crystal: a CIF language model (CrystaLLM)")
     t.add_argument("--config", required=True)
     t.add_argument("--out", help="write the finished checkpoint folder here (default: the config's 'out')")
     t.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go (default: the config's out_dir)")
@@ -97,10 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="cpu")
     g.set_defaults(fn=_generate)
 
+    c = sub.add_parser("crystal", help="generate crystal structures (CIF) for a composition")
+    c.add_argument("composition", help="cell composition, e.g. SrTiO3 or C8")
+    c.add_argument("--n", type=int, default=10, help="candidates to sample (default: %(default)s)")
+    c.add_argument("--spacegroup", help="Hermann-Mauguin symbol to prompt with, e.g. Pm-3m")
+    c.add_argument("-o", "--out", default="crystals", help="output folder (default: %(default)s)")
+    c.add_argument("--model", default="assets/crystal-cif")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--top-k", type=int, default=10)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--max-new-tokens", type=int, help="default: the rest of the context")
+    c.add_argument("--device", default="cpu")
+    c.set_defaults(fn=_crystal)
+
     d = sub.add_parser("demo", help="launch all apps on 127.0.0.1")
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=int, default=7860)
     d.add_argument("--text-model")
+    d.add_argument("--crystal-model")
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face transformers folder")

@@ -38,12 +38,20 @@ def read_corpus(data: dict) -> str:
     missing = [str(f) for f in files if not Path(f).is_file()]
     if not files or missing:
         raise FileNotFoundError(f"training text {missing or data['path']} not found")
-    text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
     fmt = data.get("format", "plain")
+    if fmt == "cif_csv":
+        # CrystaLLM: canonical CIFs (modalities/crystal.py), shuffled by seed, one blank line apart
+        import random
+        from modalities.crystal import END, cif_corpus
+        cifs = cif_corpus(files, props=data.get("props", False), symprec=data.get("symprec", 0.1),
+                          cache_dir=ROOT / "runs" / "cache")
+        random.Random(data.get("shuffle_seed", 0)).shuffle(cifs)
+        return "".join(c + END[1:] for c in cifs)
+    text = "".join(Path(f).read_text(encoding="utf-8") for f in files)
     if fmt == "fortune":
         return re.sub(r"(?m)^%$", "", text)
     if fmt != "plain":
-        raise ValueError(f"unknown data format {fmt!r}; choose 'plain' or 'fortune'")
+        raise ValueError(f"unknown data format {fmt!r}; choose 'plain', 'fortune' or 'cif_csv'")
     return text
 
 
@@ -74,6 +82,8 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     text = read_corpus(data)
     # nanoGPT: first 90% train, last 10% val, cut between characters; each part is tokenized on its own
     split = int(len(text) * data.get("train_fraction", 0.9))
+    if data.get("format") == "cif_csv":  # whole CIFs on each side
+        split = text.index("data_", split) if "data_" in text[split:] else len(text)
     tk = cfg.get("tokenizer", {"kind": "char"})
     tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
                                tk.get("vocab_size", 2048), tk.get("special_tokens"))
@@ -83,11 +93,13 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     torch.manual_seed(tcfg.seed)
     command = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "train" in sys.argv else None
     model = build_text_model(cfg, tokenizer.vocab_size, meta={
-        "task": "text", "tokenizer": tokenizer.kind, "data": data["path"], "train_command": command,
-        "train_fraction": data.get("train_fraction", 0.9)})
+        "task": cfg.get("task", "text"), "tokenizer": tokenizer.kind, "data": data["path"],
+        "data_format": data.get("format", "plain"), "props": data.get("props", False),
+        "train_command": command, "train_fraction": data.get("train_fraction", 0.9)})
     block = model.args.block_size
+    start = tokenizer.token_id("data_") if tokenizer.kind == "cif" else None
     task = TextLMTask(train_ids, val_ids, block, tcfg.batch_size, cfg.get("eval", {}).get("batches", 20),
-                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed)
+                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed, start_token=start)
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
     if out and int(__import__("os").environ.get("RANK", "0")) == 0:
         model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

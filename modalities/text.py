@@ -101,6 +101,9 @@ def load_tokenizer(folder: str | os.PathLike) -> CharTokenizer | BPETokenizer:
     data = json.loads(path.read_text())
     if data.get("type") == "char":
         return CharTokenizer(data["chars"], data.get("special_tokens"))
+    if data.get("type") == "cif":
+        from modalities.crystal import CIFTokenizer
+        return CIFTokenizer(data["tokens"])
     from tokenizers import Tokenizer
     return BPETokenizer(Tokenizer.from_file(str(path)))
 
@@ -111,7 +114,10 @@ def make_tokenizer(kind: str, text: str, vocab_size: int = 2048, special_tokens=
     if kind == "bpe":
         # train on lines so the iterator is cheap; byte-level BPE still covers any input
         return BPETokenizer.train(text.splitlines(keepends=True), vocab_size, special_tokens)
-    raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char' or 'bpe'")
+    if kind == "cif":  # a fixed vocabulary (modalities/crystal.py)
+        from modalities.crystal import CIFTokenizer
+        return CIFTokenizer()
+    raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'char', 'bpe' or 'cif'")
 
 
 def _batch_seed(seed: int, step: int, micro: int) -> int:
@@ -131,16 +137,27 @@ class TokenStream:
     data it would have seen, and every DDP rank takes its own rows of the same global batch.
     """
 
-    def __init__(self, ids: Tensor, block_size: int, seed: int = 0):
+    def __init__(self, ids: Tensor, block_size: int, seed: int = 0, start_token: int | None = None):
         if ids.numel() <= block_size + 1:
             raise ValueError(f"corpus of {ids.numel()} tokens is shorter than block_size+1={block_size + 1}")
         self.ids, self.block_size, self.seed = ids.long(), block_size, seed
         self._offsets = torch.arange(block_size + 1)
+        # documents that must be seen from their first token (CIFs start with "data_", as
+        # prompts do) draw windows only at those starts; otherwise any offset
+        self.starts = None
+        if start_token is not None:
+            starts = (self.ids[: self.ids.numel() - block_size] == start_token).nonzero().flatten()
+            if starts.numel() == 0:
+                raise ValueError("no document start fits a full window; the corpus is too short")
+            self.starts = starts
 
     def batch(self, step: int, batch_size: int, micro: int = 0, rows: slice = slice(None)) -> dict:
         """Global batch for this step; returns rows ``rows`` of it: input_ids/targets (b, T)."""
         g = torch.Generator().manual_seed(_batch_seed(self.seed, step, micro))
-        ix = torch.randint(self.ids.numel() - self.block_size, (batch_size,), generator=g)[rows]
+        if self.starts is not None:
+            ix = self.starts[torch.randint(self.starts.numel(), (batch_size,), generator=g)][rows]
+        else:
+            ix = torch.randint(self.ids.numel() - self.block_size, (batch_size,), generator=g)[rows]
         win = self.ids[ix[:, None] + self._offsets]                     # (b, T+1), one gather
         return {"input_ids": win[:, :-1], "targets": {"lm": win[:, 1:]}}
 
@@ -191,9 +208,10 @@ class TextLMTask:
     """Next-token prediction on a token stream, in the trainer's task shape."""
 
     def __init__(self, train_ids: Tensor, val_ids: Tensor, block_size: int, batch_size: int,
-                 eval_batches: int = 20, eval_batch_size: int | None = None, seed: int = 0):
-        self.train = TokenStream(train_ids, block_size, seed)
-        self.val = TokenStream(val_ids, block_size, seed + 1)
+                 eval_batches: int = 20, eval_batch_size: int | None = None, seed: int = 0,
+                 start_token: int | None = None):
+        self.train = TokenStream(train_ids, block_size, seed, start_token)
+        self.val = TokenStream(val_ids, block_size, seed + 1, start_token)
         self.batch_size = batch_size
         self._eval = self.val.eval_batches(eval_batches, eval_batch_size or batch_size)
 

@@ -1,0 +1,226 @@
+"""Crystal generation app: composition (+ optional space group) in, ranked CIFs with validity
+badges, unit-cell pictures and downloads out; plus a checker for an uploaded CIF.
+
+    python -m apps.crystal_app --model assets/crystal-cif [--host 127.0.0.1] [--port 7860]
+
+``build_demo(generator)`` does no work until an event fires. Bad input (unknown element,
+malformed composition, too many atoms for the context, unknown space group, a malformed or
+non-CIF upload) ends as a ``gr.Error`` with a plain message, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
+
+import argparse
+import html
+import logging
+import sys
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "assets/crystal-cif"
+TRAIN_COMMAND = "omniar train crystal --config configs/crystal_cif.yaml"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+MAX_UPLOAD_BYTES = 1 << 20
+
+
+def render_cell(structure, title: str = "") -> np.ndarray:
+    """pymatgen Structure -> RGB image (H, W, 3) uint8: cell edges and atoms, one colour per element."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(3.2, 3.2), dpi=80)
+    ax = fig.add_subplot(projection="3d")
+    m = structure.lattice.matrix
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    for a in range(8):
+        for b in range(a + 1, 8):
+            if np.abs(corners[a] - corners[b]).sum() == 1:  # the 12 edges
+                seg = corners[[a, b]] @ m
+                ax.plot(*seg.T, color="0.4", lw=0.8)
+    cmap = plt.get_cmap("tab10")
+    for n, el in enumerate(sorted({s.specie.symbol for s in structure})):
+        xyz = np.array([s.coords for s in structure if s.specie.symbol == el])
+        ax.scatter(*xyz.T, s=60, color=cmap(n % 10), label=el, depthshade=False, edgecolors="k")
+    ax.legend(loc="upper left", fontsize=7)
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return img
+
+
+def _badge(ok: bool) -> str:
+    colour, word = ("#1a7f37", "valid") if ok else ("#cf222e", "invalid")
+    return f'<span style="background:{colour};color:white;padding:1px 6px;border-radius:4px">{word}</span>'
+
+
+def results_html(cands) -> str:
+    rows = []
+    for rank, c in enumerate(cands, 1):
+        s = c.validity.structure
+        cell = f"{s.lattice.a:.3f}, {s.lattice.b:.3f}, {s.lattice.c:.3f}" if s is not None else "-"
+        reasons = "<br>".join(html.escape(r) for r in c.reasons) or "all checks pass"
+        rows.append(f"<tr><td>{rank}</td><td>{_badge(c.valid)}</td><td>{html.escape(c.validity.spacegroup or '-')}"
+                    f"</td><td>{cell}</td><td>{c.logprob:.3f}</td><td>{reasons}</td></tr>")
+    n_valid = sum(c.valid for c in cands)
+    return (f"<p class='crystal-summary'>{n_valid} of {len(cands)} candidates valid</p>"
+            "<table><tr><th>rank</th><th>validity</th><th>space group</th><th>a, b, c (Å)</th>"
+            "<th>log-lik/token</th><th>reasons</th></tr>" + "".join(rows) + "</table>")
+
+
+def _int(name, value, lo, hi):
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(x) or x != int(x) or not lo <= x <= hi:
+        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+    return int(x)
+
+
+def make_generate_fn(generator):
+    from apps.crystal import write_candidates
+
+    def generate(composition, spacegroup, n, temperature, top_k, seed):
+        try:
+            n = _int("number of candidates", n, 1, 64)
+            top_k = _int("top-k", top_k, 0, generator.tok.vocab_size)
+            seed = _int("seed", seed, -1, 2**62)
+            t = float(temperature)
+            if not np.isfinite(t) or not 0 <= t <= 5:
+                raise ValueError(f"temperature must be between 0 and 5, got {temperature!r}")
+            cands = generator.generate(composition, n=n, spacegroup=(spacegroup or "").strip() or None,
+                                       temperature=t, top_k=top_k or None, seed=None if seed < 0 else seed)
+            out = tempfile.mkdtemp(prefix="omniar-crystal-")
+            summary = write_candidates(cands, composition.strip(), out)
+            files = [str(summary)] + sorted(str(p) for p in Path(out).glob("*.cif"))
+            images = [(render_cell(c.validity.structure, f"#{r} {c.validity.spacegroup or ''}"), f"#{r}")
+                      for r, c in enumerate(cands, 1) if c.validity.structure is not None]
+            return results_html(cands), images, files, cands[0].full_cif()
+        except gr.Error:
+            raise
+        except ValueError as e:
+            raise gr.Error(str(e), title="Cannot generate", print_exception=False) from None
+        except Exception as e:
+            log.exception("crystal generation failed")
+            raise gr.Error(f"generation failed ({type(e).__name__}: {e})", print_exception=False) from None
+
+    return generate
+
+
+def check_upload(path) -> tuple[str, list]:
+    """An uploaded CIF -> (verdict HTML, [picture]); ValueError for empty, huge or malformed files."""
+    from modalities.crystal import preprocess_cif
+    from modalities.crystal_checks import check_cif
+    if not path:
+        raise ValueError("no file uploaded; choose a .cif file")
+    p = Path(path)
+    if p.stat().st_size > MAX_UPLOAD_BYTES:
+        raise ValueError(f"the file is {p.stat().st_size} bytes; the limit is {MAX_UPLOAD_BYTES}")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("the file is not text; upload a CIF") from None
+    if "_cell_length_a" not in text or "data_" not in text:
+        raise ValueError("this is not a CIF (no data_ block with _cell_length_a)")
+    v = check_cif(preprocess_cif(text))
+    reasons = "<br>".join(html.escape(r) for r in v.reasons) or "all checks pass"
+    s = v.structure
+    head = f"{s.composition.formula}, {v.spacegroup}" if s is not None else "unparsed"
+    return f"<p>{_badge(v.valid)} {html.escape(head)}</p><p>{reasons}</p>", (
+        [(render_cell(s, head), head)] if s is not None else [])
+
+
+def make_check_fn():
+    def check(path):
+        try:
+            return check_upload(path)
+        except ValueError as e:
+            raise gr.Error(str(e), title="Cannot check this file", print_exception=False) from None
+        except Exception as e:
+            log.exception("CIF check failed")
+            raise gr.Error(f"check failed ({type(e).__name__}: {e})", print_exception=False) from None
+    return check
+
+
+def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
+    """The crystal app as a Blocks (not launched)."""
+    m = generator.model
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown(f"### Crystal structures (CrystaLLM)\nA {m.num_params() / 1e6:.2f}M-parameter CIF "
+                    f"language model, context {m.args.block_size} tokens, cells up to "
+                    f"{generator.max_atoms} atoms. Candidates are ranked: valid first, then by likelihood.")
+        with gr.Row():
+            with gr.Column(scale=2):
+                comp = gr.Textbox(label="Composition", placeholder="SrTiO3 or C8", elem_id="crystal-composition",
+                                  max_length=200)
+                sg = gr.Textbox(label="Space group (optional)", placeholder="Pm-3m", max_length=20)
+                go = gr.Button("Generate structures", variant="primary")
+            with gr.Column(scale=1):
+                n = gr.Slider(1, 64, value=8, step=1, label="Candidates")
+                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature", info="0 = greedy")
+                top_k = gr.Number(value=10, label="Top-k", info="0 = off")
+                seed = gr.Number(value=0, label="Seed", info="-1 = random")
+        results = gr.HTML(elem_id="crystal-results")
+        gallery = gr.Gallery(label="Unit cells", columns=4, height=300, elem_id="crystal-gallery")
+        with gr.Row():
+            files = gr.File(label="CIF files and summary", file_count="multiple")
+            best = gr.Code(label="Top candidate (CIF)", language=None)
+        ev_inputs = [comp, sg, n, temperature, top_k, seed]
+        go.click(make_generate_fn(generator), ev_inputs, [results, gallery, files, best], api_name="crystal",
+                 preprocess=False, concurrency_limit=1, concurrency_id="omniar-crystal-model")
+        with gr.Accordion("Check a CIF file", open=False):
+            upload = gr.File(label="CIF file", file_types=[".cif", ".txt"], type="filepath")
+            check_btn = gr.Button("Check CIF")
+            verdict = gr.HTML(elem_id="crystal-verdict")
+            picture = gr.Gallery(label="Unit cell", columns=1, height=260)
+            check_btn.click(make_check_fn(), [upload], [verdict, picture], api_name="check_cif")
+    return demo
+
+
+def check_checkpoint(folder: str | os.PathLike) -> Path:
+    folder = Path(folder)
+    how = f"train one with: {TRAIN_COMMAND} --out {folder}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"crystal checkpoint folder {folder} not found; {how}")
+    for f in CHECKPOINT_FILES:
+        if not (folder / f).is_file():
+            raise FileNotFoundError(f"{folder / f} not found: {folder} is not a complete checkpoint; {how}")
+    return folder
+
+
+def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
+    """Checkpoint folder -> crystal app Blocks (FileNotFoundError/ValueError with a clear message)."""
+    from apps.crystal import CrystalGenerator
+    return build_demo(CrystalGenerator.from_pretrained(str(check_checkpoint(folder)), device=device))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m apps.crystal_app", description="OmniAR crystal app")
+    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--device", default="cpu")
+    a = ap.parse_args(argv)
+    try:
+        demo = load_app(a.model, a.device)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"crystal_app: error: {e}", file=sys.stderr)
+        return 2
+    demo.queue(default_concurrency_limit=1, max_size=32)
+    demo.launch(server_name=a.host, server_port=a.port, share=False, ssr_mode=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
