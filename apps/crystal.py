@@ -57,10 +57,10 @@ class CrystalGenerator:
         if getattr(tokenizer, "kind", None) != "cif":
             raise ValueError("this checkpoint has no CIF tokenizer; it is not a crystal model")
         self.model, self.tok = model.eval(), tokenizer
-        # generations longer than the context slide their window and lose the header; a cell
-        # is refused when it needs more than ~30 tokens per atom beyond a 128-token header
+        # the largest cell in the training data (recorded by the recipe); without it, ~15 tokens
+        # per atom (symmetry halves the ~30 of a site row) beyond a 128-token header
         self.max_atoms = max_atoms or model.config.get("meta", {}).get(
-            "max_atoms", max(1, 2 * (model.args.block_size - 128) // 30))
+            "max_atoms", max(4, (model.args.block_size - 128) // 15))
 
     @classmethod
     def from_pretrained(cls, path: str = DEFAULT_MODEL, device: str = "cpu", dtype=None) -> "CrystalGenerator":
@@ -76,8 +76,11 @@ class CrystalGenerator:
 
     @torch.inference_mode()
     def sample(self, prompt: str, n: int, temperature: float = 1.0, top_k: int | None = 10,
-               seed: int | None = 0, max_new_tokens: int | None = None) -> list[tuple[str, bool]]:
-        """N continuations of ``prompt`` in one batch -> [(full text, finished)].
+               seed: int | None = 0, max_new_tokens: int | None = None) -> list[tuple[str, bool, list[int]]]:
+        """N continuations of ``prompt`` in one batch -> [(full text, finished, token ids)].
+
+        The ids are the prompt's plus the generated ones (end token included): decoding is not
+        invertible for arbitrary samples, so likelihoods are computed on ids, never re-encoded.
 
         ``max_new_tokens`` defaults to the rest of the context: the model was trained on windows
         that start at ``data_``, so a CIF that outgrows the window would lose its header.
@@ -97,13 +100,14 @@ class CrystalGenerator:
         for r in rows:
             finished = bool(r) and r[-1] == self.tok.eos_id
             body = self.tok.decode(r[:-1] if finished else r)
-            out.append((prompt + body + ("\n" if finished and not body.endswith("\n") else ""), finished))
+            text = prompt + body + ("\n" if finished and not body.endswith("\n") else "")
+            out.append((text, finished, ids + r))
         return out
 
     @torch.inference_mode()
-    def logprobs(self, texts: list[str], prompt_len: int) -> list[float]:
-        """Mean log-likelihood of each text's tokens after the first ``prompt_len`` (one forward)."""
-        seqs = [self.tok.encode(t)[: self.model.args.block_size + 1] for t in texts]
+    def logprobs(self, seqs: list[list[int]], prompt_len: int) -> list[float]:
+        """Mean log-likelihood of each id sequence's tokens after the first ``prompt_len`` (one forward)."""
+        seqs = [s[: self.model.args.block_size + 1] for s in seqs]
         L = max(len(s) for s in seqs)
         x = torch.zeros(len(seqs), L, dtype=torch.long)
         for i, s in enumerate(seqs):
@@ -123,9 +127,9 @@ class CrystalGenerator:
         """Sample ``n`` structures and return them ranked: valid first, then by log-likelihood."""
         prompt = self.prompt(composition, spacegroup)
         samples = self.sample(prompt, n, temperature, top_k, seed, max_new_tokens)
-        lps = self.logprobs([t for t, _ in samples], len(self.tok.encode(prompt)))
+        lps = self.logprobs([ids for _, _, ids in samples], len(self.tok.encode(prompt)))
         cands = []
-        for (text, finished), lp in zip(samples, lps):
+        for (text, finished, _), lp in zip(samples, lps):
             v = check_cif(text)
             if not finished:
                 v.reasons.insert(0, "unfinished: the CIF did not end within the token budget")

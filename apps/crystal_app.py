@@ -96,7 +96,10 @@ def make_generate_fn(generator):
             n = _int("number of candidates", n, 1, 64)
             top_k = _int("top-k", top_k, 0, generator.tok.vocab_size)
             seed = _int("seed", seed, -1, 2**62)
-            t = float(temperature)
+            try:
+                t = float(temperature)
+            except (TypeError, ValueError):
+                raise ValueError(f"temperature must be a number, got {temperature!r}") from None
             if not np.isfinite(t) or not 0 <= t <= 5:
                 raise ValueError(f"temperature must be between 0 and 5, got {temperature!r}")
             cands = generator.generate(composition, n=n, spacegroup=(spacegroup or "").strip() or None,

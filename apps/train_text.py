@@ -98,6 +98,10 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
         "train_command": command, "train_fraction": data.get("train_fraction", 0.9)})
     block = model.args.block_size
     start = tokenizer.token_id("data_") if tokenizer.kind == "cif" else None
+    if tokenizer.kind == "cif":  # the generator refuses prompts for larger cells than it has seen
+        from modalities.crystal import parse_composition
+        model.config["meta"]["max_atoms"] = max(
+            int(parse_composition(f).num_atoms) for f in re.findall(r"^data_(\S+)$", text[:split], re.M))
     task = TextLMTask(train_ids, val_ids, block, tcfg.batch_size, cfg.get("eval", {}).get("batches", 20),
                       cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed, start_token=start)
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)

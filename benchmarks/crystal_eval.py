@@ -125,8 +125,8 @@ def evaluate(name, gen, k, n_test, seed, temperature, top_k):
         t0 = time.perf_counter()
         samples = gen.sample(gen.prompt(formula), k, temperature, top_k, seed=seed + j)
         t1 = time.perf_counter()
-        lps = gen.logprobs([t for t, _ in samples], len(gen.tok.encode(gen.prompt(formula))))
-        checked = [(check_cif(t) if fin else None, lp) for (t, fin), lp in zip(samples, lps)]
+        lps = gen.logprobs([ids for _, _, ids in samples], len(gen.tok.encode(gen.prompt(formula))))
+        checked = [(check_cif(t) if fin else None, lp) for (t, fin, _), lp in zip(samples, lps)]
         t_check += time.perf_counter() - t1
         t_gen += t1 - t0
         n_gen += k
