@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from backbone.container import OmniModel
 from backbone.generate import generate
 from backbone.sampling import SamplingParams
-from modalities.crystal import make_prompt, restore_symmetry_ops
+from modalities.crystal import fix_volume, make_prompt, restore_symmetry_ops
 from modalities.crystal_checks import Validity, check_cif
 from modalities.text import load_tokenizer
 
@@ -33,6 +33,7 @@ class Candidate:
     validity: Validity
     logprob: float            # mean log-likelihood per generated token under the model
     finished: bool            # the model closed the CIF itself (emitted the end token)
+    index: int = 0            # position in the sampled batch (before ranking)
 
     @property
     def valid(self) -> bool:
@@ -43,9 +44,10 @@ class Candidate:
         return self.validity.reasons
 
     def full_cif(self) -> str:
-        """A standard CIF with the symmetry operators written back (or the raw text if it cannot)."""
+        """A standard CIF: symmetry operators written back and the volume recomputed from the cell
+        (the raw text if it cannot be restored)."""
         try:
-            return restore_symmetry_ops(self.cif)
+            return restore_symmetry_ops(fix_volume(self.cif))
         except ValueError:
             return self.cif
 
@@ -123,18 +125,42 @@ class CrystalGenerator:
 
     def generate(self, composition: str, n: int = 10, spacegroup: str | None = None,
                  temperature: float = 1.0, top_k: int | None = 10, seed: int | None = 0,
-                 max_new_tokens: int | None = None) -> list[Candidate]:
-        """Sample ``n`` structures and return them ranked: valid first, then by log-likelihood."""
+                 max_new_tokens: int | None = None, rank: str = "likelihood") -> list[Candidate]:
+        """Sample ``n`` structures and return them ranked, valid first.
+
+        ``rank="likelihood"`` orders the valid ones by mean token log-likelihood;
+        ``rank="consensus"`` by how many valid samples are the same structure (StructureMatcher
+        groups, largest first; self-consistency voting), then by likelihood.
+        """
+        if rank not in ("likelihood", "consensus"):
+            raise ValueError(f"rank must be 'likelihood' or 'consensus', got {rank!r}")
         prompt = self.prompt(composition, spacegroup)
         samples = self.sample(prompt, n, temperature, top_k, seed, max_new_tokens)
+        return rank_candidates(self.candidates(prompt, samples), rank)
+
+    def candidates(self, prompt: str, samples: list[tuple[str, bool, list[int]]]) -> list[Candidate]:
+        """``sample`` output -> unranked Candidates (validity checked, likelihood scored)."""
         lps = self.logprobs([ids for _, _, ids in samples], len(self.tok.encode(prompt)))
         cands = []
-        for (text, finished, _), lp in zip(samples, lps):
+        for i, ((text, finished, _), lp) in enumerate(zip(samples, lps)):
             v = check_cif(text)
             if not finished:
                 v.reasons.insert(0, "unfinished: the CIF did not end within the token budget")
-            cands.append(Candidate(text, v, lp, finished))
-        return sorted(cands, key=lambda c: (not c.valid, -c.logprob))
+            cands.append(Candidate(text, v, lp, finished, i))
+        return cands
+
+
+def rank_candidates(cands: list[Candidate], how: str = "likelihood") -> list[Candidate]:
+    """Valid first; then by consensus votes (``how="consensus"``) and mean log-likelihood."""
+    votes = {id(c): 0 for c in cands}
+    if how == "consensus":
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+        valid = [c for c in cands if c.valid]
+        for group in StructureMatcher().group_structures([c.validity.structure for c in valid]):
+            members = [c for c in valid if any(c.validity.structure is s for s in group)]
+            for c in members:
+                votes[id(c)] = len(members)
+    return sorted(cands, key=lambda c: (not c.valid, -votes[id(c)], -c.logprob))
 
 
 def _cell(c: Candidate) -> dict:

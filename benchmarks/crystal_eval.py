@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.crystal import CrystalGenerator
+from apps.crystal import CrystalGenerator, rank_candidates
 from benchmarks.common import print_table, write_result
 from modalities.crystal import cif_corpus, read_cif_csv
 from modalities.crystal_checks import check_cif
@@ -96,7 +96,7 @@ class Retrieval:
         return out
 
 
-def evaluate(name, gen, k, n_test, seed, temperature, top_k):
+def evaluate(name, gen, k, n_test, seed, temperature, top_k, rank):
     m = matcher()
     test_raw = read_cif_csv(DATA / name / "test.csv")
     train_raw = read_cif_csv(DATA / name / "val.csv")
@@ -123,30 +123,24 @@ def evaluate(name, gen, k, n_test, seed, temperature, top_k):
         formula = test_can[i].split("\n", 1)[0][len("data_"):]
         # model
         t0 = time.perf_counter()
-        samples = gen.sample(gen.prompt(formula), k, temperature, top_k, seed=seed + j)
+        prompt = gen.prompt(formula)
+        samples = gen.sample(prompt, k, temperature, top_k, seed=seed + j)
         t1 = time.perf_counter()
-        lps = gen.logprobs([ids for _, _, ids in samples], len(gen.tok.encode(gen.prompt(formula))))
-        checked = [(check_cif(t) if fin else None, lp) for (t, fin, _), lp in zip(samples, lps)]
+        cands = rank_candidates(gen.candidates(prompt, samples), rank)
         t_check += time.perf_counter() - t1
         t_gen += t1 - t0
         n_gen += k
-        valid = [(v, lp) for v, lp in checked if v is not None and v.valid]
-        valid.sort(key=lambda x: -x[1])
-        ranked = [v.structure for v, _ in valid]
+        ranked = [c.validity.structure for c in cands if c.valid]
         r = res["model"]
-        r["valid"].append(len(valid) / k)
+        r["valid"].append(len(ranked) / k)
         _score(r, m, ranked, gt)
-        if ranked:
-            groups = m.group_structures(ranked)
-            r["unique"].append(len(groups) / len(ranked))
-            same = [s for s in train_by_comp.get(ranked[0].composition.reduced_formula, [])
-                    if len(s) == len(gt) or name != "carbon_24"]
-            r["novel"].append(float(not any(m.fit(ranked[0], s) for s in same)))
+        first = next(c for c in cands if c.index == 0)  # one unranked sample (CrystaLLM's n=1)
+        r["match@1_unranked"].append(float(first.valid and m.fit(first.validity.structure, gt)))
         # retrieval baseline
         _score(res["retrieval"], m, retr.candidates(gt.composition, k), gt)
         if (j + 1) % 20 == 0:
-            print(f"  {name}: {j + 1}/{len(idx)} match@{k} model {np.mean(r[f'match@{k}']):.3f} "
-                  f"retrieval {np.mean(res['retrieval'][f'match@{k}']):.3f}", flush=True)
+            print(f"  {name}: {j + 1}/{len(idx)} match@{k} model {np.mean(r['match@k']):.3f} "
+                  f"retrieval {np.mean(res['retrieval']['match@k']):.3f}", flush=True)
     rows = []
     for method, r in res.items():
         row = {"dataset": name, "method": method, "n_test": len(idx), "k": k}
@@ -185,21 +179,24 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rank", choices=["likelihood", "consensus"], default="likelihood",
+                   help="how the k candidates are ordered for match@1")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--name", default="crystal_eval", help="results file name (benchmarks/results/NAME.json)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     gen = CrystalGenerator.from_pretrained(a.model)
     rows = []
     for name, n in (("perov_5", a.n_perov), ("carbon_24", a.n_carbon)):
         if n > 0:
-            rows += evaluate(name, gen, a.k, n, a.seed, a.temperature, a.top_k)
+            rows += evaluate(name, gen, a.k, n, a.seed, a.temperature, a.top_k, a.rank)
     for r in rows:
         r[f"match@{a.k}"] = r.pop("match@k", None)
         r[f"rmse@{a.k}"] = r.pop("rmse@k", None)
-    cols = ["dataset", "method", "n_test", "valid", "match@1", f"match@{a.k}", "rmse@1", f"rmse@{a.k}",
+    cols = ["dataset", "method", "n_test", "valid", "match@1", "match@1_unranked", f"match@{a.k}", "rmse@1", f"rmse@{a.k}",
             "unique", "novel", "gen_structures_per_s", "ground_truth_valid"]
     print_table(rows, cols)
-    path = write_result("crystal_eval", {"settings": vars(a), "trained_on": "val splits",
+    path = write_result(a.name, {"settings": vars(a), "trained_on": "val splits",
                                          "evaluated_on": "test splits (random sample, seeded)",
                                          "rows": rows})
     print(f"wrote {path}")

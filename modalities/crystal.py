@@ -181,6 +181,18 @@ def restore_symmetry_ops(text: str) -> str:
     return text[:k] + "\n".join(loop) + "\n" + text[k:]
 
 
+def fix_volume(text: str, decimals: int = 4) -> str:
+    """Rewrite ``_cell_volume`` from a, b, c and the angles (unchanged if they do not parse)."""
+    import math
+    try:
+        a, b, c, al, be, ga = (float(re.search(rf"^{k} (\S+)$", text, re.M).group(1)) for k in HEADER_KEYS[1:7])
+    except (AttributeError, ValueError):
+        return text
+    ca, cb, cg = (math.cos(math.radians(x)) for x in (al, be, ga))
+    vol = a * b * c * math.sqrt(max(1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg, 0.0))
+    return re.sub(r"^_cell_volume \S+$", f"_cell_volume {vol:.{decimals}f}", text, count=1, flags=re.M)
+
+
 def cif_to_structure(text: str):
     """Canonical (or generated) text -> pymatgen Structure; ValueError if it does not parse."""
     from pymatgen.core import Structure

@@ -89,3 +89,35 @@ def test_cli_writes_cifs_and_summary(ckpt, tmp_path, capsys):
     assert "0/2 valid" in capsys.readouterr().out
     assert main(["crystal", "Qq2", "--model", str(ckpt), "-o", str(out)]) == 2
     assert "unknown element 'Qq'" in capsys.readouterr().err
+
+
+def test_rank_candidates_orders_valid_then_votes_then_likelihood():
+    from pymatgen.core import Lattice, Structure
+    from apps.crystal import Candidate, rank_candidates
+    from modalities.crystal_checks import Validity
+    cubic = lambda a: Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
+                                [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
+    rock = Structure(Lattice.cubic(5.6), ["Na", "Cl"], [[0, 0, 0], [.5, .5, .5]])
+    good = lambda s: Validity(structure=s)
+    cands = [Candidate("a", good(rock), -0.1, True, 0), Candidate("b", good(cubic(3.9)), -0.3, True, 1),
+             Candidate("c", good(cubic(3.95)), -0.2, True, 2), Candidate("d", Validity(["bonds: x"]), -0.01, True, 3)]
+    assert [c.cif for c in rank_candidates(cands)] == ["a", "c", "b", "d"]
+    assert [c.cif for c in rank_candidates(cands, "consensus")] == ["c", "b", "a", "d"]
+
+
+def test_full_cif_recomputes_the_volume():
+    import re
+    from apps.crystal import Candidate
+    from modalities.crystal import preprocess_cif
+    from modalities.crystal_checks import check_cif
+    import json
+    from pathlib import Path
+    raw = json.loads((Path(__file__).parents[1] / "modalities" / "data" / "crystals_test_sample.json").read_text())
+    text = preprocess_cif(raw["carbon_24"][0])
+    vol = re.search(r"^_cell_volume (\S+)$", text, re.M).group(1)
+    wrong = text.replace(f"_cell_volume {vol}", "_cell_volume 1.0000")
+    v = check_cif(wrong)
+    assert v.valid and v.volume_error > 0.9  # the declared volume is redundant text, reported, not a failure
+    full = Candidate(wrong, v, 0.0, True).full_cif()
+    assert abs(float(re.search(r"^_cell_volume (\S+)$", full, re.M).group(1)) - float(vol)) < 0.01
+    assert "_symmetry_equiv_pos_as_xyz" in full

@@ -42,7 +42,7 @@ def _sub(text, pattern, repl):
     (lambda t: _sub(t, r"^data_\S+", "data_Ba9"), "formula"),
     (lambda t: _sub(t, r"^(\S+ \S+) 1 ", r"\1 2 "), "sites"),
     (lambda t: _sub(t, r"^_cell_length_a \S+", "_cell_length_a 0.3000"), "cell"),
-    (lambda t: _sub(t, r"^_cell_volume \S+", "_cell_volume 999.0000"), "cell"),
+    (lambda t: _sub(t, r"^_cell_length_b \S+", "_cell_length_b 90.0000"), "cell"),  # 2 atoms per 1000 Å^3
     (lambda t: _sub(t, r"^_cell_angle_beta \S+", "_cell_angle_beta 179.0000"), "cell"),
     (lambda t: _sub(t, r"^_symmetry_space_group_name_H-M \S+", "_symmetry_space_group_name_H-M Zz9"), "parse"),
     (lambda t: t[: t.index("loop_")], "sites"),
