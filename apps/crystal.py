@@ -125,7 +125,7 @@ class CrystalGenerator:
 
     def generate(self, composition: str, n: int = 10, spacegroup: str | None = None,
                  temperature: float = 1.0, top_k: int | None = 10, seed: int | None = 0,
-                 max_new_tokens: int | None = None, rank: str = "likelihood") -> list[Candidate]:
+                 max_new_tokens: int | None = None, rank: str = "consensus") -> list[Candidate]:
         """Sample ``n`` structures and return them ranked, valid first.
 
         ``rank="likelihood"`` orders the valid ones by mean token log-likelihood;

@@ -1,12 +1,14 @@
 """Crystal structure prediction on perov_5 and carbon_24 (CDVAE protocol, as CrystaLLM reports it).
 
 For each sampled *test* structure the model is prompted with its cell composition
-(``data_<formula>\\n``), samples ``k`` CIFs, and ranks them (valid first, then log-likelihood).
+(``data_<formula>\\n``), samples ``k`` CIFs, and ranks them: valid first, then ``--rank``
+(consensus votes among the samples, or mean log-likelihood). Temperature and ranking are chosen
+on held-out val structures by crystal_tune.py, never on test.
 
 * validity: share of all generated CIFs passing modalities/crystal_checks.py (the ground-truth
   test CIFs are checked too, as a calibration of the checker);
 * match@1 / match@k: the top-ranked / any of the k valid candidates matches the test structure
-  under StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3); RMSE: mean normalised RMS distance of
+  (match@1_unranked: the first sample alone, CrystaLLM's n=1) under StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3); RMSE: mean normalised RMS distance of
   the best match over matched structures;
 * uniqueness: distinct structures among the valid candidates of a prompt (StructureMatcher
   grouping), averaged over prompts; novelty: share of top-1 valid structures that match no
@@ -176,10 +178,10 @@ def main(argv=None):
     p.add_argument("--n-perov", type=int, default=200)
     p.add_argument("--n-carbon", type=int, default=100)
     p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rank", choices=["likelihood", "consensus"], default="likelihood",
+    p.add_argument("--rank", choices=["likelihood", "consensus"], default="consensus",
                    help="how the k candidates are ordered for match@1")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--name", default="crystal_eval", help="results file name (benchmarks/results/NAME.json)")

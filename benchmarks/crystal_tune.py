@@ -21,7 +21,6 @@ from apps.train_text import load_config, read_corpus
 from benchmarks.common import print_table, write_result
 from benchmarks.crystal_eval import matcher
 from modalities.crystal import cif_to_structure
-from modalities.crystal_checks import check_cif
 
 warnings.filterwarnings("ignore")
 
@@ -42,6 +41,7 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=12, help="held-out structures per dataset")
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--name", default="crystal_tune", help="results file name (benchmarks/results/NAME.json)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     gen, m = CrystalGenerator.from_pretrained(a.model), matcher()
@@ -74,7 +74,7 @@ def main(argv=None):
             print(rows[-1], flush=True)
     print_table(rows, ["temperature", "dataset", "n", "valid", "match@1", "match@1_unranked", "match@1_consensus",
                        f"match@{a.k}"])
-    write_result("crystal_tune", {"settings": vars(a), "split": "held-out 5% of the val CIFs", "rows": rows})
+    write_result(a.name, {"settings": vars(a), "split": "held-out 5% of the val CIFs", "rows": rows})
 
 
 if __name__ == "__main__":

@@ -7,9 +7,6 @@ import os
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import json
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -110,39 +107,9 @@ def test_missing_checkpoint_names_the_training_command(tmp_path):
 # ---- the launcher with the shipped checkpoints, in a browser ------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/"
-    log = tmp_path_factory.mktemp("server") / "launcher.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "NO_PROXY": "127.0.0.1,localhost",
-           "no_proxy": "127.0.0.1,localhost", "OMP_NUM_THREADS": "2"}
-    with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "apps.launcher", "--port", str(port)], cwd=REPO, env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"launcher exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                with NO_PROXY.open(url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"launcher did not answer on {url} within 120 s:\n{log.read_text()}")
-            time.sleep(0.5)
+    from app_server import running_launcher  # tests/apps/app_server.py
+    with running_launcher([], tmp_path_factory.mktemp("server") / "launcher.log", threads=2) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 @pytest.fixture
