@@ -124,7 +124,7 @@ class CrystalGenerator:
         return out
 
     def generate(self, composition: str, n: int = 10, spacegroup: str | None = None,
-                 temperature: float = 1.0, top_k: int | None = 10, seed: int | None = 0,
+                 temperature: float = 0.7, top_k: int | None = 10, seed: int | None = 0,
                  max_new_tokens: int | None = None, rank: str = "consensus") -> list[Candidate]:
         """Sample ``n`` structures and return them ranked, valid first.
 
@@ -193,7 +193,7 @@ def main(a) -> None:
     """``omniar crystal``: print a summary table and write the files."""
     gen = CrystalGenerator.from_pretrained(a.model, device=a.device)
     cands = gen.generate(a.composition, n=a.n, spacegroup=a.spacegroup, temperature=a.temperature,
-                         top_k=a.top_k, seed=a.seed, max_new_tokens=a.max_new_tokens)
+                         top_k=a.top_k, seed=a.seed, max_new_tokens=a.max_new_tokens, rank=a.rank)
     summary = write_candidates(cands, a.composition, a.out)
     print(f"{'rank':>4} {'valid':>5} {'space group':>12} {'a':>7} {'b':>7} {'c':>7} {'logprob':>8}  reasons")
     for rank, c in enumerate(cands, 1):

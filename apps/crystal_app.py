@@ -171,7 +171,7 @@ def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
                 go = gr.Button("Generate structures", variant="primary")
             with gr.Column(scale=1):
                 n = gr.Slider(1, 64, value=8, step=1, label="Candidates")
-                temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature", info="0 = greedy")
+                temperature = gr.Slider(0.0, 2.0, value=0.7, step=0.05, label="Temperature", info="0 = greedy")
                 top_k = gr.Number(value=10, label="Top-k", info="0 = off")
                 seed = gr.Number(value=0, label="Seed", info="-1 = random")
         results = gr.HTML(elem_id="crystal-results")
