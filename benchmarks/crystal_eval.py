@@ -138,6 +138,11 @@ def evaluate(name, gen, k, n_test, seed, temperature, top_k, rank):
         _score(r, m, ranked, gt)
         first = next(c for c in cands if c.index == 0)  # one unranked sample (CrystaLLM's n=1)
         r["match@1_unranked"].append(float(first.valid and m.fit(first.validity.structure, gt)))
+        if ranked:
+            r["unique"].append(len(m.group_structures(ranked)) / len(ranked))
+            same = [s for s in train_by_comp.get(ranked[0].composition.reduced_formula, [])
+                    if len(s) == len(gt) or name != "carbon_24"]
+            r["novel"].append(float(not any(m.fit(ranked[0], s) for s in same)))
         # retrieval baseline
         _score(res["retrieval"], m, retr.candidates(gt.composition, k), gt)
         if (j + 1) % 20 == 0:
