@@ -4,6 +4,7 @@ import sys
 
 PACKAGES = ["torch", "torchvision", "torchaudio", "timm", "diffusers", "gradio", "encodec", "PIL",
             "safetensors", "tokenizers", "numpy", "scipy", "soundfile", "tqdm", "matplotlib", "yaml",
+            "pymatgen.core", "spglib",
             "transformers", "playwright", "gradio_client"]
 failed = []
 for name in PACKAGES:
