@@ -155,7 +155,9 @@ def rank_candidates(cands: list[Candidate], how: str = "likelihood") -> list[Can
     votes = {id(c): 0 for c in cands}
     if how == "consensus":
         from pymatgen.analysis.structure_matcher import StructureMatcher
-        valid = [c for c in cands if c.valid]
+        # group in sampling order: StructureMatcher grouping is greedy, so the order must not
+        # depend on how the list was sorted before
+        valid = sorted((c for c in cands if c.valid), key=lambda c: c.index)
         for group in StructureMatcher().group_structures([c.validity.structure for c in valid]):
             members = [c for c in valid if any(c.validity.structure is s for s in group)]
             for c in members:

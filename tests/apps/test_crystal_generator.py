@@ -103,6 +103,7 @@ def test_rank_candidates_orders_valid_then_votes_then_likelihood():
              Candidate("c", good(cubic(3.95)), -0.2, True, 2), Candidate("d", Validity(["bonds: x"]), -0.01, True, 3)]
     assert [c.cif for c in rank_candidates(cands)] == ["a", "c", "b", "d"]
     assert [c.cif for c in rank_candidates(cands, "consensus")] == ["c", "b", "a", "d"]
+    assert [c.cif for c in rank_candidates(cands[::-1], "consensus")] == ["c", "b", "a", "d"]  # order-free
 
 
 def test_full_cif_recomputes_the_volume():
