@@ -175,6 +175,8 @@ def _cell(c: Candidate) -> dict:
 def write_candidates(cands: list[Candidate], composition: str, out_dir: str | Path) -> Path:
     """Write ``<formula>_<rank>.cif`` files and ``summary.csv``; returns the summary path."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is an existing file; choose a folder with -o")
     out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9]", "", composition) or "crystal"
     rows = []

@@ -89,6 +89,10 @@ def test_cli_writes_cifs_and_summary(ckpt, tmp_path, capsys):
     assert "0/2 valid" in capsys.readouterr().out
     assert main(["crystal", "Qq2", "--model", str(ckpt), "-o", str(out)]) == 2
     assert "unknown element 'Qq'" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("x")
+    assert main(["crystal", "SrTiO3", "--n", "1", "--model", str(ckpt), "-o", str(tmp_path / "afile"),
+                 "--max-new-tokens", "5"]) == 2
+    assert "is an existing file" in capsys.readouterr().err
 
 
 def test_rank_candidates_orders_valid_then_votes_then_likelihood():
