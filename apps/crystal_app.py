@@ -13,7 +13,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
-import argparse
+import functools
 import html
 import logging
 import sys
@@ -23,11 +23,12 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from apps.serving import check_checkpoint, serve
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "assets/crystal-cif"
 TRAIN_COMMAND = "omniar train crystal --config configs/crystal_cif.yaml"
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 MAX_UPLOAD_BYTES = 1 << 20
 
 
@@ -88,35 +89,47 @@ def _int(name, value, lo, hi):
     return int(x)
 
 
+def _user_errors(title: str, what: str):
+    """Handler decorator: ValueError -> gr.Error with its message; anything else -> gr.Error naming
+    the exception (the traceback goes to the server log, never to the page)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(*args):
+            try:
+                return fn(*args)
+            except gr.Error:
+                raise
+            except ValueError as e:
+                raise gr.Error(str(e), title=title, print_exception=False) from None
+            except Exception as e:
+                log.exception("crystal %s failed", what)
+                raise gr.Error(f"{what} failed ({type(e).__name__}: {e})", print_exception=False) from None
+        return handler
+    return wrap
+
+
 def make_generate_fn(generator):
     from apps.crystal import write_candidates
 
+    @_user_errors("Cannot generate", "generation")
     def generate(composition, spacegroup, n, temperature, top_k, seed):
+        n = _int("number of candidates", n, 1, 64)
+        top_k = _int("top-k", top_k, 0, generator.tok.vocab_size)
+        seed = _int("seed", seed, -1, 2**62)
         try:
-            n = _int("number of candidates", n, 1, 64)
-            top_k = _int("top-k", top_k, 0, generator.tok.vocab_size)
-            seed = _int("seed", seed, -1, 2**62)
-            try:
-                t = float(temperature)
-            except (TypeError, ValueError):
-                raise ValueError(f"temperature must be a number, got {temperature!r}") from None
-            if not np.isfinite(t) or not 0 <= t <= 5:
-                raise ValueError(f"temperature must be between 0 and 5, got {temperature!r}")
-            cands = generator.generate(composition, n=n, spacegroup=(spacegroup or "").strip() or None,
-                                       temperature=t, top_k=top_k or None, seed=None if seed < 0 else seed)
-            out = tempfile.mkdtemp(prefix="omniar-crystal-")
-            summary = write_candidates(cands, composition.strip(), out)
-            files = [str(summary)] + sorted(str(p) for p in Path(out).glob("*.cif"))
-            images = [(render_cell(c.validity.structure, f"#{r} {c.validity.spacegroup or ''}"), f"#{r}")
-                      for r, c in enumerate(cands, 1) if c.validity.structure is not None]
-            return results_html(cands), images, files, cands[0].full_cif()
-        except gr.Error:
-            raise
-        except ValueError as e:
-            raise gr.Error(str(e), title="Cannot generate", print_exception=False) from None
-        except Exception as e:
-            log.exception("crystal generation failed")
-            raise gr.Error(f"generation failed ({type(e).__name__}: {e})", print_exception=False) from None
+            t = float(temperature)
+        except (TypeError, ValueError):
+            raise ValueError(f"temperature must be a number, got {temperature!r}") from None
+        if not np.isfinite(t) or not 0 <= t <= 5:
+            raise ValueError(f"temperature must be between 0 and 5, got {temperature!r}")
+        cands = generator.generate(composition, n=n, spacegroup=(spacegroup or "").strip() or None,
+                                   temperature=t, top_k=top_k or None, seed=None if seed < 0 else seed)
+        out = tempfile.mkdtemp(prefix="omniar-crystal-")
+        summary = write_candidates(cands, composition.strip(), out)
+        files = [str(summary)] + sorted(str(p) for p in Path(out).glob("*.cif"))
+        images = [(render_cell(c.validity.structure, f"#{r} {c.validity.spacegroup or ''}"), f"#{r}")
+                  for r, c in enumerate(cands, 1) if c.validity.structure is not None]
+        return results_html(cands), images, files, cands[0].full_cif()
 
     return generate
 
@@ -145,15 +158,7 @@ def check_upload(path) -> tuple[str, list]:
 
 
 def make_check_fn():
-    def check(path):
-        try:
-            return check_upload(path)
-        except ValueError as e:
-            raise gr.Error(str(e), title="Cannot check this file", print_exception=False) from None
-        except Exception as e:
-            log.exception("CIF check failed")
-            raise gr.Error(f"check failed ({type(e).__name__}: {e})", print_exception=False) from None
-    return check
+    return _user_errors("Cannot check this file", "check")(check_upload)
 
 
 def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
@@ -191,38 +196,15 @@ def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
     return demo
 
 
-def check_checkpoint(folder: str | os.PathLike) -> Path:
-    folder = Path(folder)
-    how = f"train one with: {TRAIN_COMMAND} --out {folder}"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"crystal checkpoint folder {folder} not found; {how}")
-    for f in CHECKPOINT_FILES:
-        if not (folder / f).is_file():
-            raise FileNotFoundError(f"{folder / f} not found: {folder} is not a complete checkpoint; {how}")
-    return folder
-
-
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> crystal app Blocks (FileNotFoundError/ValueError with a clear message)."""
     from apps.crystal import CrystalGenerator
-    return build_demo(CrystalGenerator.from_pretrained(str(check_checkpoint(folder)), device=device))
+    folder = check_checkpoint(folder, "crystal", TRAIN_COMMAND)
+    return build_demo(CrystalGenerator.from_pretrained(str(folder), device=device))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m apps.crystal_app", description="OmniAR crystal app")
-    ap.add_argument("--model", default=DEFAULT_MODEL)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args(argv)
-    try:
-        demo = load_app(a.model, a.device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"crystal_app: error: {e}", file=sys.stderr)
-        return 2
-    demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=a.host, server_port=a.port, share=False, ssr_mode=False)
-    return 0
+    return serve("python -m apps.crystal_app", "OmniAR crystal app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

@@ -13,21 +13,20 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
-import argparse
 import logging
 import math
 import re
 import sys
-from pathlib import Path
 
 import gradio as gr
+
+from apps.serving import check_checkpoint, serve
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "assets/text-shakespeare"
 TRAIN_COMMAND = "omniar train text --config configs/text_shakespeare.yaml"
 API_NAME = "generate"
-CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 # ---- input checking (pure functions; ValueError with a message meant for people) ---------------
@@ -149,23 +148,11 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
     return demo
 
 
-def check_checkpoint(folder: str | os.PathLike) -> Path:
-    """Raise FileNotFoundError naming the folder (or file) that is missing and how to make it."""
-    folder = Path(folder)
-    how = f"train one with: {TRAIN_COMMAND} --out {folder}"
-    if not folder.is_dir():
-        raise FileNotFoundError(f"text checkpoint folder {folder} not found; {how}")
-    for f in CHECKPOINT_FILES:
-        if not (folder / f).is_file():
-            raise FileNotFoundError(f"{folder / f} not found: {folder} is not a complete text checkpoint; {how}")
-    return folder
-
-
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> text app Blocks. FileNotFoundError (clear message) if it is missing."""
     from backbone.container import OmniModel
     from modalities.text import load_tokenizer
-    folder = check_checkpoint(folder)
+    folder = check_checkpoint(folder, "text", TRAIN_COMMAND)
     model = OmniModel.from_pretrained(folder, device=device)
     if "lm" not in model.heads:
         raise ValueError(f"{folder} has no 'lm' head (heads: {sorted(model.heads)}); it is not a text model")
@@ -173,20 +160,7 @@ def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m apps.text_app", description="OmniAR text generation app")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="checkpoint folder (default: %(default)s)")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--device", default="cpu")
-    a = ap.parse_args(argv)
-    try:
-        demo = load_app(a.model, a.device)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"text_app: error: {e}", file=sys.stderr)
-        return 2
-    demo.queue(default_concurrency_limit=1, max_size=32)
-    demo.launch(server_name=a.host, server_port=a.port, share=False, ssr_mode=False)
-    return 0
+    return serve("python -m apps.text_app", "OmniAR text generation app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":
