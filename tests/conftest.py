@@ -20,3 +20,14 @@ def tiny_model(seed) -> OmniModel:
     args = ModelArgs.from_name("tiny", vocab_size=TINY_VOCAB)
     model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=TINY_VOCAB)})
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def make_tiny_lm():
+    """Factory: ``make_tiny_lm(vocab_size, **ModelArgs overrides)`` -> a seeded random tiny LM
+    (for app and generator tests that need a checkpoint of a given vocabulary)."""
+    def make(vocab_size: int, **overrides) -> OmniModel:
+        torch.manual_seed(0)
+        args = ModelArgs.from_name("tiny", vocab_size=vocab_size, **overrides)
+        return OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab_size)})
+    return make

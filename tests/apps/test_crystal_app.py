@@ -12,11 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from backbone.container import OmniModel, part
-from backbone.transformer import ModelArgs
-from heads.lm import LMHead
 from modalities.crystal import CIFTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +25,10 @@ GOOD = dict(composition="SrTiO3", spacegroup="", n=2, temperature=1.0, top_k=10,
 
 
 @pytest.fixture(scope="module")
-def gen(tmp_path_factory):
+def gen(make_tiny_lm):
     from apps.crystal import CrystalGenerator
     tok = CIFTokenizer()
-    torch.manual_seed(0)
-    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size, block_size=256)
-    model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size)})
-    return CrystalGenerator(model, tok)
+    return CrystalGenerator(make_tiny_lm(tok.vocab_size, block_size=256), tok)
 
 
 def test_handler_returns_table_gallery_files(gen):

@@ -6,20 +6,14 @@ import csv
 import pytest
 import torch
 
-from backbone.container import OmniModel, part
-from backbone.transformer import ModelArgs
-from heads.lm import LMHead
 from modalities.crystal import CIFTokenizer
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(tmp_path_factory, make_tiny_lm):
     tok = CIFTokenizer()
-    torch.manual_seed(0)
-    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size, block_size=256)
-    model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size)})
     folder = tmp_path_factory.mktemp("cif-ckpt")
-    model.save_pretrained(folder, tokenizer=tok)
+    make_tiny_lm(tok.vocab_size, block_size=256).save_pretrained(folder, tokenizer=tok)
     return folder
 
 
@@ -68,13 +62,11 @@ def test_bad_input(gen, comp, sg, message):
         gen.generate(comp, n=2, spacegroup=sg)
 
 
-def test_not_a_crystal_model_is_refused(tmp_path):
+def test_not_a_crystal_model_is_refused(tmp_path, make_tiny_lm):
     from apps.crystal import CrystalGenerator
     from modalities.text import CharTokenizer
     tok = CharTokenizer.train("abc")
-    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)
-    OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size)}).save_pretrained(
-        tmp_path, tokenizer=tok)
+    make_tiny_lm(tok.vocab_size).save_pretrained(tmp_path, tokenizer=tok)
     with pytest.raises(ValueError, match="not a crystal model"):
         CrystalGenerator.from_pretrained(str(tmp_path))
 

@@ -16,12 +16,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-from backbone.container import OmniModel, part
+from backbone.container import OmniModel
 from backbone.sampling import SamplingParams
-from backbone.transformer import ModelArgs
-from heads.lm import LMHead
 from modalities.text import CharTokenizer, load_tokenizer, stream_text
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,13 +34,10 @@ NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
+def ckpt(tmp_path_factory, make_tiny_lm) -> Path:
     tok = CharTokenizer.train(TEXT)
-    torch.manual_seed(0)
-    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)
-    model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size)})
     folder = tmp_path_factory.mktemp("text-ckpt")
-    model.save_pretrained(folder, tokenizer=tok)
+    make_tiny_lm(tok.vocab_size).save_pretrained(folder, tokenizer=tok)
     return folder
 
 
