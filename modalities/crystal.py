@@ -100,9 +100,7 @@ def canonicalize(raw: str, decimals: int = 4, props: bool = False) -> str:
     numeric = set(HEADER_KEYS[1:7] + ["_cell_volume"])
     while i < len(lines):
         ln = lines[i]
-        if not ln or ln.startswith("#"):
-            i += 1
-        elif ln.startswith("data_"):
+        if not ln or ln.startswith(("#", "data_")):  # the data_ line is rewritten below
             i += 1
         elif ln == "loop_":
             keys = []
