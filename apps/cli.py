@@ -18,6 +18,16 @@ import sys
 def _train(a):
     import yaml
     from apps import train_text
+    if a.task == "draft-head":
+        from apps import train_draft
+        cfg = train_draft.load_config(a.config)
+        if a.max_steps:
+            cfg["train"]["max_steps"] = a.max_steps
+        if a.run_dir:
+            cfg["train"]["out_dir"] = a.run_dir
+        _, metrics = train_draft.run(cfg, out=a.out or cfg.get("out"), device=a.device, resume=a.resume)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        return
     cfg = train_text.load_config(a.config)
     overrides = {}
     for o in a.set or []:
@@ -81,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text", "crystal"], help="crystal: a CIF language model (CrystaLLM)")
+    t.add_argument("task", choices=["text", "crystal", "draft-head"],
+                   help="crystal: a CIF language model (CrystaLLM); draft-head: a speculative draft head "
+                        "on a trained model (Chimera/EAGLE)")
     t.add_argument("--config", required=True)
     t.add_argument("--out", help="write the finished checkpoint folder here (default: the config's 'out')")
     t.add_argument("--run-dir", help="where checkpoints and metrics.jsonl go (default: the config's out_dir)")

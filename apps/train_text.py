@@ -55,6 +55,15 @@ def read_corpus(data: dict) -> str:
     return text
 
 
+def split_point(text: str, data: dict) -> int:
+    """nanoGPT: first 90% train, last 10% val, cut between characters (each part is tokenized
+    on its own); CIF corpora are cut between whole CIFs."""
+    split = int(len(text) * data.get("train_fraction", 0.9))
+    if data.get("format") == "cif_csv":
+        split = text.index("data_", split) if "data_" in text[split:] else len(text)
+    return split
+
+
 def load_config(path: str | Path) -> dict:
     path = resolve(str(path))
     if not path.is_file():
@@ -80,13 +89,14 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     """Train as the config says; returns the model and the final metrics."""
     data = cfg["data"]
     text = read_corpus(data)
-    # nanoGPT: first 90% train, last 10% val, cut between characters; each part is tokenized on its own
-    split = int(len(text) * data.get("train_fraction", 0.9))
-    if data.get("format") == "cif_csv":  # whole CIFs on each side
-        split = text.index("data_", split) if "data_" in text[split:] else len(text)
+    split = split_point(text, data)
     tk = cfg.get("tokenizer", {"kind": "char"})
-    tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
-                               tk.get("vocab_size", 2048), tk.get("special_tokens"))
+    if "from" in tk:  # reuse another checkpoint's tokenizer (a draft model must share the big one's ids)
+        from modalities.text import load_tokenizer
+        tokenizer = load_tokenizer(resolve(tk["from"]))
+    else:
+        tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
+                                   tk.get("vocab_size", 2048), tk.get("special_tokens"))
     train_ids = torch.tensor(tokenizer.encode(text[:split]), dtype=torch.long)
     val_ids = torch.tensor(tokenizer.encode(text[split:]), dtype=torch.long)
     tcfg = TrainConfig.from_dict({**cfg["train"], **(overrides or {})})

@@ -83,6 +83,9 @@ class OmniModel(nn.Module):
             if isinstance(tgt, (tuple, list)):
                 sel, tgt = tgt
                 losses[name] = self.heads[name].loss(h[sel], tgt)
+            elif getattr(self.heads[name], "distills", None):  # a draft head learns from the model itself
+                head = self.heads[name]
+                losses[name] = head.loss(h, tgt, self.backbone.tok_embeddings, self.heads[head.distills])
             else:
                 losses[name] = self.heads[name].loss(h, tgt)
         w = loss_weights or {}

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .masks import build_mask
 from .sampling import SamplingParams
+from .skip import LayerSkip
 
 
 @dataclass
@@ -24,6 +25,9 @@ class DecodeState:
     key_valid: Tensor | None  # (B, max_seq) False at padding slots; None = no padding
     next_slot: int           # next cache slot to write (shared by all rows)
     static: bool = False     # static cache: masks span all max_seq slots
+    step: int = 0            # tokens decoded since the prefill
+    skip: LayerSkip | None = None  # early exit / FFN skipping (backbone/skip.py)
+    max_new: int = 0         # the generation budget (the early-exit schedule spans it)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -66,10 +70,10 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
     return h[:, -1], state
 
 
-def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor | None) -> Tensor:
+def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor | None, **layer_kw) -> Tensor:
     """One backbone step over the cache: token, positions (B,), slot (1,) -> h (B, D).
     Pure tensor code with fixed shapes under a static cache: this is what ``torch.compile`` traces."""
-    return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot)[:, -1]
+    return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot, **layer_kw)[:, -1]
 
 
 @torch.no_grad()
@@ -85,9 +89,11 @@ def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_st
             mask = mask & state.key_valid[:, None, None, :]
     elif state.key_valid is not None:
         mask = state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
-    h = step_fn(bb, token, state.positions, slot, mask)
+    kw = {} if state.skip is None else state.skip.step_kwargs(state.step, len(bb.layers), state.max_new)
+    h = step_fn(bb, token, state.positions, slot, mask, **kw)
     state.positions = state.positions + 1
     state.next_slot += 1
+    state.step += 1
     return h
 
 
@@ -118,7 +124,8 @@ def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
-             pad_id: int = 0, device=None, compile: bool = False) -> Iterator[Tensor]:
+             pad_id: int = 0, device=None, compile: bool = False, drafter=None, gamma: int = 4,
+             skip: LayerSkip | None = None, stats: dict | None = None) -> Iterator[Tensor]:
     """Stream tokens for a batch of prompts. Yields (B,) token tensors, one per step.
 
     Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
@@ -127,8 +134,31 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
     last ``block_size`` tokens (re-encoded once the cache is full).
     ``compile=True`` decodes with a static cache of block_size slots and a ``torch.compile``d
     step (same tokens; pays a one-off compile per batch size, then runs faster).
+
+    The other fast paths are options of this one call:
+      * ``drafter`` (backbone/drafters.py) + ``gamma``: exact draft-and-verify decoding
+        (backbone/speculative.py); ``stats`` receives the acceptance counts;
+      * ``params.penalty_alpha > 0``: contrastive search over ``params.top_k`` candidates
+        (backbone/contrastive.py);
+      * ``skip``: early exit or FFN skipping per decoded token (backbone/skip.py; inexact).
     """
     params.validate()
+    if params.penalty_alpha > 0 or drafter is not None:
+        if compile or skip is not None:
+            raise ValueError("compile and skip apply to plain decoding, not to drafting or contrastive search")
+        if params.penalty_alpha > 0:
+            if drafter is not None:
+                raise ValueError("choose drafting or contrastive search, not both")
+            from .contrastive import generate_contrastive
+            yield from generate_contrastive(model, prompts, params, head, pad_id, device)
+        else:
+            from .speculative import generate_drafted
+            yield from generate_drafted(model, prompts, params, drafter, gamma, head, pad_id, device, stats=stats)
+        return
+    if skip is not None:
+        if compile:
+            raise ValueError("layer skipping changes the graph every step; it does not combine with compile")
+        skip.validate(model.args.n_layer).reset()
     device = device or next(model.parameters()).device
     ids, am = left_pad(prompts, pad_id)
     ids, am = ids.to(device), am.to(device)
@@ -154,6 +184,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
     produced = 0
     try:
         h, state = prefill(model, ids, am, cache_len, static=compile)
+        state.skip, state.max_new = skip, n
         while produced < n:
             chunk = min(n - produced, cache_len - state.next_slot + 1)  # samples before the cache is full
             for tok in decode_n_tokens(model, h, state, params, chunk, head, gen, seen, step_fn):
@@ -169,5 +200,6 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
             if produced < n:  # context full: re-encode the last block_size tokens of every row
                 ids, am = left_pad([row[-block:] for row in history], pad_id)
                 h, state = prefill(model, ids.to(device), am.to(device), cache_len, static=compile)
+                state.skip, state.max_new, state.step = skip, n, produced
     finally:
         model.backbone.clear_cache()

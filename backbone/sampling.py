@@ -20,6 +20,7 @@ class SamplingParams:
     top_p: float | None = None
     min_p: float | None = None
     repetition_penalty: float = 1.0
+    penalty_alpha: float = 0.0   # > 0: contrastive search over top_k candidates (Su et al. 2022)
     max_new_tokens: int = 100
     stop_tokens: list[int] = field(default_factory=list)
     stop_strings: list[str] = field(default_factory=list)
@@ -41,6 +42,10 @@ class SamplingParams:
             bad(f"min_p must be in [0, 1), got {self.min_p}")
         if not (self.repetition_penalty > 0):
             bad(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not (0 <= self.penalty_alpha <= 1):
+            bad(f"penalty_alpha must be in [0, 1], got {self.penalty_alpha}")
+        if self.penalty_alpha > 0 and not self.top_k:
+            bad("contrastive search (penalty_alpha > 0) needs top_k, the number of candidates (e.g. 4)")
         if not (1 <= self.max_new_tokens <= self.MAX_NEW_TOKENS_LIMIT):
             bad(f"max_new_tokens must be in [1, {self.MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}")
         return self

@@ -95,8 +95,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        # normalise in fp32 as Llama does, so bf16 runs keep the statistics exact
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).type_as(x) * self.weight
+        # normalise in fp32 as Llama does, so bf16 runs keep the statistics exact. Written out
+        # (as HF's LlamaRMSNorm) rather than F.rms_norm: on CPU that is a slower composite, and
+        # the same arithmetic as HF keeps greedy outputs identical to the exported model's
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
 
 NORMS = {"rmsnorm": RMSNorm, "layernorm": nn.LayerNorm}
@@ -181,9 +184,14 @@ class Block(nn.Module):
         self.attn, self.mlp = Attention(args), MLP(args)
         self.drop = nn.Dropout(args.dropout)
 
-    def forward(self, x, rope, mask, input_pos):
+    def forward(self, x, rope, mask, input_pos, skip_mlp: bool = False, sims: list | None = None):
         x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos))
-        return x + self.drop(self.mlp(self.mlp_norm(x)))
+        if skip_mlp:  # FFN-SkipLLM: attention (and so the KV cache) always runs; only the FFN is skipped
+            return x
+        y = x + self.drop(self.mlp(self.mlp_norm(x)))
+        if sims is not None:  # how much this FFN turns the residual stream: cos(in, out), (B, T)
+            sims.append(F.cosine_similarity(x.float(), y.float(), dim=-1))
+        return y
 
 
 class Transformer(nn.Module):
@@ -236,7 +244,9 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, embeds: Tensor | None = None,
                 embed_mask: Tensor | None = None, positions: Tensor | None = None,
-                mask: MaskSpec | Tensor | None = None, input_pos: Tensor | None = None) -> Tensor:
+                mask: MaskSpec | Tensor | None = None, input_pos: Tensor | None = None,
+                n_layers: int | None = None, skip_mlp: frozenset = frozenset(),
+                mlp_sims: list | None = None) -> Tensor:
         """Run the backbone and return the final (normed) hidden states.
 
         Args:
@@ -249,6 +259,9 @@ class Transformer(nn.Module):
             mask: a MaskSpec (causal / prefix / block ids / padding) or a ready-made
                 (B, 1, T, S) bool mask. None = causal.
             input_pos: (T,) cache slots to write (with a cache set up by ``setup_cache``).
+            n_layers: run only the first n layers, then the final norm (early exit, SkipDecode).
+            skip_mlp: indices of layers whose FFN is skipped (FFN-SkipLLM).
+            mlp_sims: a list that receives, per layer run, cos(FFN input, output) as (B, T).
         Returns:
             h: (B, T, D) hidden states.
         """
@@ -291,8 +304,8 @@ class Transformer(nn.Module):
                 emb = emb.unsqueeze(0)
             rope = (emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1))  # (B, 1, T, hs)
         x = self.drop(x)
-        for layer in self.layers:
-            x = layer(x, rope, mask, input_pos)
+        for i, layer in enumerate(self.layers if n_layers is None else self.layers[:n_layers]):
+            x = layer(x, rope, mask, input_pos, i in skip_mlp, mlp_sims)
         return self.norm(x)
 
     def num_params(self, non_embedding: bool = True) -> int:

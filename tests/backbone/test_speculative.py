@@ -1,26 +1,42 @@
-"""Draft-and-verify decoding: greedy output identical, sampled distribution unchanged."""
+"""Draft-and-verify decoding: greedy output identical, sampled distribution unchanged,
+for every drafter, at batch 1 and with ragged batches."""
 import itertools
 
 import pytest
 import torch
 
 from backbone.container import OmniModel, part
+from backbone.drafters import HeadDrafter, ModelDrafter, NgramTableDrafter, PromptLookupDrafter
 from backbone.generate import generate
 from backbone.sampling import SamplingParams
-from backbone.speculative import NgramDrafter, generate_drafted
+from backbone.speculative import generate_drafted
 from backbone.transformer import ModelArgs
+from heads.draft import DraftHead
 from heads.lm import LMHead
 
 
-def build(V=40, std=0.3, seed=0) -> OmniModel:
+def build(V=40, std=0.3, seed=0, draft_head=False) -> OmniModel:
     torch.manual_seed(seed)
     args = ModelArgs.from_name("tiny", vocab_size=V)
-    m = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=V, tie=False)})
+    heads = {"lm": part(LMHead, dim=args.dim, vocab_size=V, tie=False)}
+    if draft_head:
+        heads["draft"] = part(DraftHead, dim=args.dim, vocab_size=V)
+    m = OmniModel.build(args, heads=heads)
     with torch.no_grad():
         for p in m.parameters():
             if p.dim() == 2:
                 p.normal_(0, std)
     return m.eval()
+
+
+def rows(stream) -> list[list[int]]:
+    """Stack a generate stream into per-row token lists (the -1 fill after a stop dropped)."""
+    out = torch.stack(list(stream), 1)
+    return [[int(t) for t in r if t >= 0] for r in out]
+
+
+def one(model, prompt, params, **kw) -> list[int]:
+    return rows(generate_drafted(model, [prompt], params, **kw))[0]
 
 
 @torch.no_grad()
@@ -32,90 +48,126 @@ def exact_first_two(model, prompt, V) -> dict:
     return {(a, b): float(p1[a] * p2b) for a in range(V) for b, p2b in enumerate(next_probs(prompt + [a]))}
 
 
-def test_ngram_drafter_proposes_what_followed_the_latest_match():
-    d = NgramDrafter(max_n=3)
-    h = [1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 2, 3, 4]
-    assert d(h, 3)[0] == [7, 2, 3]       # "2 3 4" last seen before the end at index 6 -> then 7, 2, 3
-    assert d([5, 6, 7], 2)[0] == []      # nothing repeats
-    assert d([1, 2, 1], 4)[0] == [2, 1]  # falls back to the 1-gram "1"
+def test_prompt_lookup_proposes_what_followed_the_latest_match():
+    d = PromptLookupDrafter(max_n=3)
+    assert d.lookup([1, 2, 3, 4, 5, 9, 2, 3, 4, 7, 2, 3, 4], 3) == [7, 2, 3]
+    assert d.lookup([5, 6, 7], 2) == []       # nothing repeats
+    assert d.lookup([1, 2, 1], 4) == [2, 1]   # falls back to the 1-gram "1"
 
 
-@pytest.mark.parametrize("prompt", [[1, 2, 3, 1, 2, 3, 1, 2], [5], [7, 7, 7, 7, 7, 7]])
-def test_greedy_is_identical_to_plain_decoding(prompt):
-    model = build()
+def test_ngram_table_seeds_from_a_corpus_and_adapts():
+    from backbone.drafters import DraftContext
+    d = NgramTableDrafter(corpus=[[1, 2, 3, 4], [1, 2, 3, 5]], local_weight=4.0)
+    d.reset(1, 16)
+    ctx = lambda h: DraftContext(torch.tensor([h]), torch.tensor([len(h) - 1]), None, [h], None, len(h) - 1)  # noqa: E731
+    assert d(ctx([9, 1, 2]), 3).tokens.tolist() == [[3, 4]] or d(ctx([9, 1, 2]), 3).tokens.tolist() == [[3, 5]]
+    d.reset(1, 16)
+    # the row's own text says "2 3 -> 5": local counts outweigh the corpus tie
+    assert d(ctx([2, 3, 5, 7, 1, 2]), 2).tokens.tolist() == [[3, 5]]
+    assert d(ctx([42]), 3).lengths.tolist() == [0]  # unknown context: no draft
+
+
+DRAFTERS = {
+    "prompt_lookup": lambda big: PromptLookupDrafter(),
+    "ngram_table": lambda big: NgramTableDrafter(corpus=[[1, 2, 3, 1, 2, 3, 4]]),
+    "model": lambda big: ModelDrafter(build(seed=0, std=0.25)),
+    "model_fallback": lambda big: ModelDrafter(build(seed=0, std=0.25), fallback=0.12),
+    "head": lambda big: HeadDrafter(big),
+}
+
+
+@pytest.mark.parametrize("name", DRAFTERS)
+def test_greedy_is_identical_to_plain_decoding_batched_and_alone(name):
+    """Ragged prompts in one batch, and each alone: the same tokens as plain greedy decoding."""
+    big = build(draft_head=True)
     params = SamplingParams(temperature=0, max_new_tokens=30)
-    plain = [int(t[0]) for t in generate(model, [prompt], params)]
-    stats = {}
-    drafted = list(generate_drafted(model, prompt, params, gamma=4, stats=stats))
-    assert drafted == plain
-    assert stats["drafted"] > 0
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [5], [7, 7, 7, 7, 7, 7]]
+    plain = rows(generate(big, prompts, params))
+    st = {}
+    assert rows(generate_drafted(big, prompts, params, DRAFTERS[name](big), gamma=4, stats=st)) == plain
+    assert st["drafted"] > 0
+    for p, ref in zip(prompts, plain):
+        assert one(big, p, params, drafter=DRAFTERS[name](big), gamma=3) == ref
+    assert not big.backbone.has_cache
+
+
+def test_generate_takes_a_drafter_and_reports_acceptance():
+    big = build()
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    st = {}
+    out = rows(generate(big, [[1, 2, 1, 2]], params, drafter=PromptLookupDrafter(), gamma=4, stats=st))
+    assert out == rows(generate(big, [[1, 2, 1, 2]], params))
+    assert st["rounds"] < 20 and st["accepted"] > 0 and st["emitted"] == 20
+
+
+def test_fallback_policy_cuts_drafts_short():
+    big, small = build(seed=0), build(seed=0, std=0.25)
+    params = SamplingParams(temperature=0, max_new_tokens=25)
+    cut, full = {}, {}
+    one(big, [1, 2, 3], params, drafter=ModelDrafter(small, fallback=0.12), stats=cut)
+    one(big, [1, 2, 3], params, drafter=ModelDrafter(small), stats=full)
+    assert 0 < cut["drafted"] < full["drafted"]
+    assert not small.backbone.has_cache
+
+
+def test_bild_rollback_policy_is_a_relaxation():
+    """rollback=∞ keeps every draft (pure small-model text); rollback=0 is exact greedy."""
+    big, small = build(seed=0), build(seed=0, std=0.25)
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    assert one(big, [1, 2, 3], params, drafter=ModelDrafter(small), rollback=0.0) == \
+        rows(generate(big, [[1, 2, 3]], params))[0]
+    st = {}
+    one(big, [1, 2, 3], params, drafter=ModelDrafter(small), rollback=1e9, stats=st)
+    assert st["accepted"] == st["drafted"]
+    with pytest.raises(ValueError, match="greedy"):
+        one(big, [1, 2, 3], SamplingParams(temperature=1.0), drafter=ModelDrafter(small), rollback=1.0)
 
 
 def test_stop_tokens_and_budget():
     model = build()
     params = SamplingParams(temperature=0, max_new_tokens=30)
-    plain = [int(t[0]) for t in generate(model, [[1, 2, 1, 2]], params)]
+    plain = rows(generate(model, [[1, 2, 1, 2]], params))[0]
     stop = plain[5]
-    out = list(generate_drafted(model, [1, 2, 1, 2], SamplingParams(temperature=0, max_new_tokens=30, stop_tokens=[stop])))
+    out = one(model, [1, 2, 1, 2], SamplingParams(temperature=0, max_new_tokens=30, stop_tokens=[stop]))
     assert out == plain[:plain.index(stop) + 1]
-    assert len(list(generate_drafted(model, [1, 2, 1, 2], SamplingParams(temperature=0, max_new_tokens=7)))) == 7
+    assert len(one(model, [1, 2, 1, 2], SamplingParams(temperature=0, max_new_tokens=7))) == 7
     with pytest.raises(ValueError, match="context"):
-        list(generate_drafted(model, [1] * 30, SamplingParams(max_new_tokens=40)))
+        one(model, [1] * 30, SamplingParams(max_new_tokens=40))
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        one(model, [1, 2], SamplingParams(repetition_penalty=1.2))
 
 
-def test_sampling_distribution_is_the_models():
+def _tv_first_two(big, prompt, V, drafter_fn, N=3000, batch_with=None, **kw):
+    exact = exact_first_two(big, prompt, V)
+    counts = dict.fromkeys(itertools.product(range(V), range(V)), 0)
+    accepted = rejected = 0
+    prompts = [prompt] + ([batch_with] if batch_with else [])
+    for seed in range(N):
+        st = {}
+        out = torch.stack(list(generate_drafted(big, prompts, SamplingParams(temperature=1.0, max_new_tokens=3, seed=seed),
+                                                drafter_fn(), stats=st, **kw)), 1)
+        counts[(int(out[0, 0]), int(out[0, 1]))] += 1
+        accepted += st["accepted"]
+        rejected += st["drafted"] - st["accepted"]
+    tv = 0.5 * sum(abs(counts[k] / N - exact[k]) for k in exact)
+    return tv, accepted / N, rejected / N
+
+
+def test_sampling_distribution_is_the_models_ngram():
     """Exact joint distribution of the first two tokens vs 3000 drafted samples (total variation)."""
     V = 5
-    model = build(V=V, std=0.3, seed=2)  # p(next = 2, the drafted token) ~ 0.47: both outcomes common
-    prompt = [0, 1, 2, 0, 1, 2, 0, 1]  # repetitive: the n-gram drafter proposes tokens
-    exact = exact_first_two(model, prompt, V)
-    counts = dict.fromkeys(itertools.product(range(V), range(V)), 0)
-    N, accepted, rejected = 3000, 0, 0
-    for seed in range(N):
-        st = {}
-        a, b = generate_drafted(model, prompt, SamplingParams(temperature=1.0, max_new_tokens=2, seed=seed), stats=st)
-        counts[(a, b)] += 1
-        accepted += st["accepted"]
-        rejected += st["drafted"] - st["accepted"]
-    tv = 0.5 * sum(abs(counts[k] / N - exact[k]) for k in exact)
-    assert accepted > 0.2 * N and rejected > 0.2 * N  # both paths of the rule were exercised
-    assert tv < 0.04, tv       # sampling noise at N=3000 over 25 cells is ~0.02
+    big = build(V=V, std=0.3, seed=2)  # p(next = 2, the drafted token) ~ 0.47: both outcomes common
+    tv, acc, rej = _tv_first_two(big, [0, 1, 2, 0, 1, 2, 0, 1], V, PromptLookupDrafter, gamma=4)
+    assert acc > 0.2 and rej > 0.2  # both paths of the rule were exercised
+    assert tv < 0.04, tv            # sampling noise at N=3000 over 25 cells is ~0.02
 
 
-@pytest.mark.parametrize("fallback", [None, 0.12])
-def test_draft_model_greedy_is_identical(fallback):
-    from backbone.speculative import ModelDrafter
-    big, small = build(seed=0), build(seed=0, std=0.25)  # related but different models
-    params = SamplingParams(temperature=0, max_new_tokens=25)
-    for prompt in ([1, 2, 3], [9]):
-        plain = [int(t[0]) for t in generate(big, [prompt], params)]
-        st = {}
-        out = list(generate_drafted(big, prompt, params, drafter=ModelDrafter(small, fallback=fallback), stats=st))
-        assert out == plain
-        assert st["drafted"] > 0
-        if fallback is not None:  # the policy really cut some drafts short
-            full = {}
-            list(generate_drafted(big, prompt, params, drafter=ModelDrafter(small), stats=full))
-            assert st["drafted"] < full["drafted"]
-    assert not small.backbone.has_cache and not big.backbone.has_cache
-
-
-def test_draft_model_sampling_distribution_is_the_big_models():
-    from backbone.speculative import ModelDrafter
+def test_sampling_distribution_is_the_big_models_with_a_draft_model_in_a_ragged_batch():
+    """Row 0 shares its batch with a row that accepts differently: all rows advance by the
+    smallest accepted prefix, and row 0's tokens must still follow the big model exactly."""
     V = 5
     big, small = build(V=V, std=0.3, seed=2), build(V=V, std=0.3, seed=3)
-    prompt = [0, 1, 2, 0, 1]
-    exact = exact_first_two(big, prompt, V)
-    counts = dict.fromkeys(exact, 0)
-    N, accepted, rejected = 3000, 0, 0
-    drafter = ModelDrafter(small)
-    for seed in range(N):
-        st = {}
-        a, b, _ = generate_drafted(big, prompt, SamplingParams(temperature=1.0, max_new_tokens=3, seed=seed),
-                                   drafter=drafter, gamma=2, stats=st)
-        counts[(a, b)] += 1
-        accepted += st["accepted"]
-        rejected += st["drafted"] - st["accepted"]
-    tv = 0.5 * sum(abs(counts[k] / N - exact[k]) for k in exact)
-    assert accepted > 0.2 * N and rejected > 0.2 * N
-    assert tv < 0.04, tv
+    tv, acc, rej = _tv_first_two(big, [0, 1, 2, 0, 1], V, lambda: ModelDrafter(small), N=2500,
+                                 batch_with=[3, 3], gamma=2)
+    assert acc > 0.2 and rej > 0.2
+    assert tv < 0.045, tv
