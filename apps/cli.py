@@ -56,9 +56,23 @@ def _generate(a):
     params = SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
                             repetition_penalty=a.repetition_penalty, max_new_tokens=a.max_new_tokens,
                             stop_strings=a.stop or [], seed=a.seed)
+    kw = {}
+    if a.penalty_alpha:
+        params.penalty_alpha = a.penalty_alpha
+    if a.draft:
+        from backbone import drafters
+        kw["gamma"] = a.gamma
+        if a.draft == "prompt-lookup":
+            kw["drafter"] = drafters.PromptLookupDrafter()
+        elif a.draft == "ngram":
+            kw["drafter"] = drafters.NgramTableDrafter(n=a.ngram_n)
+        elif a.draft == "head":
+            kw["drafter"] = drafters.HeadDrafter(model)
+        else:
+            kw["drafter"] = drafters.ModelDrafter(OmniModel.from_pretrained(a.draft, device=a.device))
     sys.stdout.write(a.prompt)
     with torch.inference_mode():
-        for piece in stream_text(model, tok, a.prompt, params):
+        for piece in stream_text(model, tok, a.prompt, params, **kw):
             sys.stdout.write(piece)
             sys.stdout.flush()
     sys.stdout.write("\n")
@@ -115,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", help="stop string (repeatable)")
     g.add_argument("--seed", type=int)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--draft", metavar="KIND", help="exact speculative decoding: prompt-lookup | ngram | head "
+                   "(the model's draft head) | a draft model folder (same tokenizer)")
+    g.add_argument("--gamma", type=int, default=4, help="tokens drafted per round (default %(default)s)")
+    g.add_argument("--ngram-n", type=int, default=3, help="context length + 1 of --draft ngram (default %(default)s)")
+    g.add_argument("--penalty-alpha", type=float, help="contrastive search with --top-k candidates")
     g.set_defaults(fn=_generate)
 
     c = sub.add_parser("crystal", help="generate crystal structures (CIF) for a composition")

@@ -166,8 +166,9 @@ class TokenStream:
         return [self.batch(-1 - i, batch_size) for i in range(n_batches)]
 
 
-def stream_text(model, tokenizer, prompt: str, params, head: str = "lm"):
+def stream_text(model, tokenizer, prompt: str, params, head: str = "lm", **generate_kw):
     """Yield decoded text pieces for one prompt, honouring stop strings and stop tokens.
+    ``generate_kw`` go to ``backbone.generate.generate`` (drafter, gamma, skip, compile).
 
     Raises ValueError (clear message) for an empty prompt, unknown characters, a prompt
     longer than the context or absurd sampling settings.
@@ -182,7 +183,7 @@ def stream_text(model, tokenizer, prompt: str, params, head: str = "lm"):
     out: list[int] = []
     emitted = ""
     hold = max((len(s) for s in params.stop_strings), default=0)  # keep back text a stop string may start
-    for tok in generate(model, [ids], params, head):
+    for tok in generate(model, [ids], params, head, **generate_kw):
         t = int(tok[0])
         if t < 0 or t in params.stop_tokens:
             break
