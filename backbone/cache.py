@@ -27,6 +27,9 @@ class KVCache(nn.Module):
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, upto: int | None = None) -> tuple[Tensor, Tensor]:
         """Write k, v (B, nkv, T, hs) at slots input_pos (T,); return the filled (B, nkv, S, hs) views.
 
+        ``input_pos`` (B, T) writes every row at its own slots (speculative decoding, where rows
+        accept different numbers of tokens); the caller's mask says which slots each query sees.
+
         ``upto`` (S) is how many slots to return; default: up to the last written slot.
         Returning only the filled prefix keeps eager CPU decoding cheap; a ``static`` cache
         returns all max_seq slots (the caller masks the unwritten ones), so shapes never change
@@ -34,9 +37,14 @@ class KVCache(nn.Module):
         """
         B = k.shape[0]
         kc, vc = self.k_cache[:B], self.v_cache[:B]
-        kc.index_copy_(2, input_pos, k.to(kc.dtype))
-        vc.index_copy_(2, input_pos, v.to(vc.dtype))
+        if input_pos.dim() == 2:  # per-row slots
+            idx = input_pos[:, None, :, None].expand(-1, kc.shape[1], -1, kc.shape[3])
+            kc.scatter_(2, idx, k.to(kc.dtype))
+            vc.scatter_(2, idx, v.to(vc.dtype))
+        else:
+            kc.index_copy_(2, input_pos, k.to(kc.dtype))
+            vc.index_copy_(2, input_pos, v.to(vc.dtype))
         if self.static:
             return kc, vc
-        S = int(input_pos[-1]) + 1 if upto is None else upto
+        S = int(input_pos.max()) + 1 if upto is None else upto
         return kc[:, :, :S], vc[:, :, :S]

@@ -27,13 +27,18 @@ from .sampling import SamplingParams, process_logits
 
 @dataclass
 class DraftContext:
-    """What the verifier knows at the start of a round (all rows left-padded to one layout)."""
-    seq: Tensor               # (B, slot+1) token at every cache slot, the pending token last
+    """What the verifier knows at the start of a round (rows left-padded to one layout)."""
+    seq: Tensor               # (B, max_seq) token at every cache slot of every row
+    slots: Tensor             # (B,) cache slot of each row's pending token (the newest one)
     positions: Tensor         # (B,) position id of the pending token
     key_valid: Tensor | None  # (B, max_seq) False at padding slots; None = no padding
-    histories: list[list[int]]  # each row's real tokens (prompt + emitted), pending token last
+    histories: list[list[int]]  # each row's real tokens (prompt + accepted), pending token last
     hidden: Tensor | None     # (B, D) the big model's state that predicted the pending token
-    slot: int                 # cache slot of the pending token
+
+    @property
+    def pending(self) -> Tensor:
+        """(B,) each row's newest token."""
+        return self.seq.gather(1, self.slots[:, None])[:, 0]
 
 
 @dataclass
@@ -150,45 +155,50 @@ class ModelDrafter:
 
     fallback: BiLD's fallback policy. A row stops drafting as soon as the small model's largest
         probability falls below this, and the big model takes over (None = always γ tokens).
-    Rolling back: the tokens written into the small cache are remembered; each round re-feeds
-    from the first slot where they differ from the accepted sequence.
+    Rolling back: the tokens written into the small cache are remembered per row; each round
+    re-feeds every row from the first slot where they differ from the accepted sequence.
     """
 
     def __init__(self, model, head: str = "lm", fallback: float | None = None):
         self.model, self.head, self.fallback = model, head, fallback
         self.written: Tensor | None = None  # (B, max_seq) tokens whose keys/values are in the cache
-        self.filled = 0                     # slots [0, filled) hold the right tokens
 
     def reset(self, batch: int, max_seq: int, device=None):
         if max_seq > self.model.args.block_size:
             raise ValueError(f"the draft model's context ({self.model.args.block_size}) is shorter than {max_seq}")
         self.model.backbone.setup_cache(batch, max_seq, device=device)
         self.written = torch.full((batch, max_seq), -1, dtype=torch.long, device=device)
-        self.filled = 0
 
     def close(self):
         self.model.backbone.clear_cache()
 
-    def _forward(self, tokens: Tensor, start: int, positions: Tensor, key_valid: Tensor | None) -> Tensor:
-        """Write tokens (B, T) at slots start.. with position ids positions (B, T); logits (B, V) after the last."""
-        T = tokens.shape[1]
-        slots = torch.arange(start, start + T, device=tokens.device)
-        mask = build_mask(slots, torch.arange(start + T, device=tokens.device),
-                          None if key_valid is None else key_valid[:, :start + T], slots)
+    def _forward(self, tokens: Tensor, slots: Tensor, positions: Tensor, key_valid: Tensor | None) -> Tensor:
+        """Write tokens (B, T) at per-row slots (B, T) with position ids (B, T); logits (B, T, V)."""
+        S = int(slots.max()) + 1
+        keys = torch.arange(S, device=tokens.device)
+        mask = build_mask(slots, keys, None if key_valid is None else key_valid[:, :S])
         h = self.model.backbone(input_ids=tokens, positions=positions, mask=mask, input_pos=slots)
-        self.written[:, start:start + T] = tokens
-        self.filled = start + T
-        return self.model.heads[self.head](h[:, -1])
+        self.written.scatter_(1, slots, tokens)
+        return self.model.heads[self.head](h)
 
     def __call__(self, ctx: DraftContext, gamma: int, params: SamplingParams | None = None, gen=None) -> Draft:
-        B, s = ctx.seq.shape[0], ctx.slot
-        dev = ctx.seq.device
-        # roll back to the longest prefix shared by every row, then catch up to the pending token
-        same = (self.written[:, :s + 1] == ctx.seq).all(0)
-        k = int(same.long().cumprod(0).sum())
-        k = min(k, self.filled, s)            # always re-feed at least the pending token
-        pos = (ctx.positions[:, None] + torch.arange(k - s, 1, device=dev)).clamp(min=0)  # (B, s+1-k); pads at 0
-        logits = self._forward(ctx.seq[:, k:], k, pos, ctx.key_valid)
+        B, dev = ctx.seq.shape[0], ctx.seq.device
+        s = ctx.slots
+        # 1. roll back: per row, the first slot whose cached token is not the accepted one (at the
+        #    latest the pending token). One window of L slots ending at the pending token covers
+        #    every row; re-feeding a correct slot rewrites the same keys/values.
+        S = int(s.max()) + 1
+        ar = torch.arange(S, device=dev)
+        stale = (self.written[:, :S] != ctx.seq[:, :S]) | (ar[None] >= s[:, None])
+        first = stale.long().argmax(1)                                               # (B,)
+        L = int((s + 1 - first).max())
+        start = (s + 1 - L).clamp(min=0)
+        win = start[:, None] + torch.arange(L, device=dev)                           # (B, L)
+        pos = (ctx.positions[:, None] + win - s[:, None]).clamp(min=0)
+        logits = self._forward(ctx.seq.gather(1, win), win, pos, ctx.key_valid)
+        logits = logits[torch.arange(B, device=dev), s - start]                      # (B, V) after pending
+        self.written.masked_fill_(torch.arange(self.written.shape[1], device=dev)[None] > s[:, None], -1)
+        # 2. draft
         greedy = params is None or params.temperature == 0
         tokens, qs = [], []
         alive = torch.ones(B, dtype=torch.bool, device=dev)
@@ -208,7 +218,8 @@ class ModelDrafter:
             tokens.append(t)
             qs.append(q)
             if i + 1 < gamma:
-                logits = self._forward(t[:, None], s + 1 + i, ctx.positions[:, None] + 1 + i, ctx.key_valid)
+                logits = self._forward(t[:, None], (s + 1 + i)[:, None], ctx.positions[:, None] + 1 + i,
+                                       ctx.key_valid)[:, -1]
         if not tokens:
             return Draft.empty(B, dev)
         return Draft(torch.stack(tokens, 1), lengths, None if greedy else torch.stack(qs, 1))
@@ -228,6 +239,7 @@ class HeadDrafter(_Stateless):
         if ctx.hidden is None or gamma == 0:
             return Draft.empty(ctx.seq.shape[0], ctx.seq.device)
         tokens, lengths, q = self.model.heads[self.name].draft(
-            ctx.hidden, ctx.seq[:, -1], self.model.backbone.tok_embeddings, self.model.heads[self.lm],
+            ctx.hidden, ctx.pending, self.model.backbone.tok_embeddings, self.model.heads[self.lm],
             gamma, params, gen, self.fallback)
         return Draft(tokens, lengths, q)
+

@@ -10,18 +10,18 @@ Inference from Transformers via Speculative Decoding"; Chen et al. 2023):
     min(1, p(x)/q(x)); at the first rejection the token is drawn from norm(max(0, p - q)).
     Every emitted token is distributed exactly as the model's p.
 
-Batches with ragged prompts stay left-padded (as in ``generate``). All rows advance by the
-same number of tokens per round: the smallest accepted prefix among the unfinished rows, plus
-the token the model itself gives at that position. That token is exact for every row (an
-accepted draft token is a valid sample from p), so the output is unchanged; rows that
-accepted more simply re-draft. Because all rows share one cache slot index, rolling back a
-cache (ours and a draft model's) is free: rejected slots are overwritten by the next round.
+Batches with ragged prompts stay left-padded (as in ``generate``), and every row advances by
+its own accepted prefix: the KV cache is written at per-row slots (``KVCache.update`` with
+(B, T) positions) and each row's mask covers its own slots only. Rolling back a cache (ours
+and a draft model's) is free: rejected slots are overwritten by the next round. Tokens are
+queued per row and yielded as (B,) steps, like ``generate``.
 
 Drafters (``drafters.py``) return ``Draft(tokens (B, g), lengths (B,), q (B, g, V) | None)``:
 q is None for deterministic drafts (one-hot q).
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Iterator
 
 import torch
@@ -67,15 +67,19 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
     gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
     stats = stats if stats is not None else {}
     stats.update(rounds=0, drafted=0, accepted=0, emitted=0)
-    stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    seq = torch.full((B, max_seq), pad_id, dtype=torch.long, device=device)  # token at each cache slot
+    stop = set(params.stop_tokens)
+    seq = torch.full((B, max_seq), pad_id, dtype=torch.long, device=device)  # row b's token at each slot
     seq[:, :P] = ids
     key_valid = None
     if bool((am == 0).any()):
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=device)
         key_valid[:, :P] = am.bool()
     histories = [list(p) for p in prompts]
+    queues = [deque() for _ in range(B)]   # tokens accepted but not yet yielded
+    have = [0] * B                         # tokens accepted per row
+    stopped = [False] * B                  # the row accepted a stop token: decode no further
+    finished = [False] * B                 # the row yielded its stop token
+    ar = torch.arange(max_seq, device=device)
     try:
         # 1. prefill all but the last column: the last prompt token is "pending", fed with the drafts
         hidden = None
@@ -83,46 +87,60 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
             hidden, _ = prefill(model, ids[:, :-1], am[:, :-1], max_seq)
         else:
             bb.setup_cache(B, max_seq, device=device)
-        positions = am[:, :-1].sum(1)     # (B,) position id of the pending token
-        slot, produced = P - 1, 0         # the pending token's cache slot
+        slots = torch.full((B,), P - 1, dtype=torch.long, device=device)  # each row's pending slot
+        positions = am[:, :-1].sum(1)                                      # its position id
         drafter.reset(B, max_seq, device)
-        while produced < n:
-            # 2. draft up to gamma tokens per row, never past the token budget
-            budget = max(0, min(gamma, n - produced - 1))
-            ctx = DraftContext(seq[:, :slot + 1], positions, key_valid, histories, hidden, slot)
-            d = drafter(ctx, budget, params, gen) if budget else Draft.empty(B, device)
-            g = d.tokens.shape[1]
-            # 3. verify pending + drafts in one forward: logits[:, i] is the distribution after token i
-            x = torch.cat([seq[:, slot:slot + 1], d.tokens], 1)                    # (B, 1+g)
-            slots = torch.arange(slot, slot + 1 + g, device=device)
-            mask = build_mask(slots, torch.arange(slot + 1 + g, device=device),
-                              None if key_valid is None else key_valid[:, :slot + 1 + g], slots)
-            h = bb(input_ids=x, positions=positions[:, None] + torch.arange(1 + g, device=device),
-                   mask=mask, input_pos=slots)                                     # (B, 1+g, D)
-            logits = lm(h)                                                         # (B, 1+g, V)
-            # 4. per row: accepted prefix length k and the token the model gives at k
-            out, k = accept(logits, d, params, gen, rollback)                      # (B, 1+g), (B,)
-            live = ~done
-            kmin = int(k[live].min()) if bool(live.any()) else 0
-            stats["rounds"] += 1
-            stats["drafted"] += int(d.lengths[live].sum())
-            stats["accepted"] += int(k[live].sum())
-            # 5. every row emits out[:, :kmin+1] (exact, see the module docstring)
-            for i in range(kmin + 1):
-                tok = out[:, i]
-                yield torch.where(done, torch.full_like(tok, -1), tok)
-                for r in range(B):
-                    if not done[r]:
-                        histories[r].append(int(tok[r]))
-                done |= torch.isin(tok, stop)
-                produced += 1
-                stats["emitted"] += int(live.sum())
-                if bool(done.all()) or produced >= n:
-                    return
-            seq[:, slot + 1:slot + 2 + kmin] = out[:, :kmin + 1]
-            hidden = h[:, kmin]          # the state that predicted the new pending token
-            slot += kmin + 1
-            positions = positions + kmin + 1
+        yielded = 0
+        while yielded < n:
+            need = [not stopped[b] and have[b] < n for b in range(B)]
+            if any(need):
+                # 2. draft up to gamma tokens per row, never past a row's token budget
+                budget = torch.tensor([min(gamma, n - have[b] - 1) if need[b] else 0 for b in range(B)], device=device)
+                g_max = int(budget.max())
+                ctx = DraftContext(seq, slots, positions, key_valid, histories, hidden)
+                d = drafter(ctx, g_max, params, gen) if g_max > 0 else Draft.empty(B, device)
+                d.lengths = torch.minimum(d.lengths, budget)
+                g = d.tokens.shape[1]
+                # 3. verify pending + drafts in one forward, each row at its own slots
+                q_slots = slots[:, None] + ar[:1 + g]                                  # (B, 1+g)
+                S = int(q_slots.max()) + 1
+                mask = build_mask(q_slots, ar[:S], None if key_valid is None else key_valid[:, :S])
+                x = torch.cat([seq.gather(1, slots[:, None]), d.tokens], 1)            # (B, 1+g)
+                h = bb(input_ids=x, positions=positions[:, None] + ar[:1 + g], mask=mask, input_pos=q_slots)
+                # 4. per row: accepted prefix length k and the model's own token at k
+                out, k = accept(lm(h), d, params, gen, rollback)                      # (B, 1+g), (B,)
+                hidden = h[torch.arange(B, device=device), k]       # the state that predicted the new pending token
+                stats["rounds"] += 1
+                for b in range(B):
+                    if not need[b]:
+                        continue
+                    toks = out[b, :int(k[b]) + 1].tolist()
+                    hit = next((i for i, t in enumerate(toks) if t in stop), None)
+                    if hit is not None:
+                        toks, stopped[b] = toks[:hit + 1], True
+                    stats["drafted"] += int(d.lengths[b])
+                    stats["accepted"] += int(k[b])
+                    stats["emitted"] += len(toks)
+                    queues[b].extend(toks)
+                    histories[b].extend(toks)
+                    have[b] += len(toks)
+                    s0 = int(slots[b])
+                    seq[b, s0 + 1:s0 + 1 + len(toks)] = torch.tensor(toks, device=device)
+                    slots[b] += len(toks)
+                    positions[b] += len(toks)
+            # 5. yield every step that all unfinished rows can supply
+            while yielded < n:
+                live = [b for b in range(B) if not finished[b]]
+                if not live or any(not queues[b] for b in live):
+                    break
+                step = [-1] * B
+                for b in live:
+                    step[b] = queues[b].popleft()
+                    finished[b] = step[b] in stop
+                yield torch.tensor(step, device=device)
+                yielded += 1
+            if all(finished):
+                return
     finally:
         bb.clear_cache()
         drafter.close()

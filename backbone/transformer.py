@@ -258,7 +258,8 @@ class Transformer(nn.Module):
                 Default: ``input_pos`` when decoding with the cache, else 0..T-1.
             mask: a MaskSpec (causal / prefix / block ids / padding) or a ready-made
                 (B, 1, T, S) bool mask. None = causal.
-            input_pos: (T,) cache slots to write (with a cache set up by ``setup_cache``).
+            input_pos: (T,) cache slots to write (with a cache set up by ``setup_cache``), or
+                (B, T) per-row slots (then pass ``mask`` too).
             n_layers: run only the first n layers, then the final norm (early exit, SkipDecode).
             skip_mlp: indices of layers whose FFN is skipped (FFN-SkipLLM).
             mlp_sims: a list that receives, per layer run, cos(FFN input, output) as (B, T).
@@ -285,6 +286,8 @@ class Transformer(nn.Module):
         if isinstance(mask, MaskSpec):
             mask = mask.build(T, x.device)
         cache = self.layers[0].attn.kv_cache if input_pos is not None else None
+        if mask is None and input_pos is not None and input_pos.dim() == 2:
+            raise ValueError("per-row cache slots (input_pos of shape (B, T)) need an explicit mask")
         if mask is None and cache is not None and cache.static:
             # a static cache returns every slot: mask the ones after each query's own slot
             mask = build_mask(input_pos, torch.arange(cache.max_seq, device=x.device))

@@ -80,21 +80,23 @@ def setup(name: str, a) -> dict:
 
 
 def methods(s: dict) -> dict:
-    """name -> (generate kwargs factory, exact?). Factories build fresh drafters per call."""
+    """name -> (generate kwargs, exact by design?). Drafters are built once, outside the timing
+    (the n-gram tables read the corpus here); ``generate`` resets them for every call."""
     m, g = s["model"], s["gamma"]
+    aded, long_ngram = NgramTableDrafter(s["corpus"], n=3), NgramTableDrafter(s["corpus"], **s["ngram"])
     return {
-        "plain": (lambda: {}, True),
-        "plain+compile": (lambda: {"compile": True}, True),
-        "prompt_lookup": (lambda: {"drafter": PromptLookupDrafter(), "gamma": g}, True),
-        "ngram_aded_n3": (lambda: {"drafter": NgramTableDrafter(s["corpus"], n=3), "gamma": g}, True),
-        "ngram_long": (lambda: {"drafter": NgramTableDrafter(s["corpus"], **s["ngram"]), "gamma": s["gamma_ngram"]}, True),
-        "draft_model": (lambda: {"drafter": ModelDrafter(s["draft"]), "gamma": g}, True),
-        "draft_model+fallback": (lambda: {"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g}, True),
-        "draft_head": (lambda: {"drafter": HeadDrafter(m), "gamma": g}, True),
-        "bild_rollback": (lambda: {"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g, "rollback": 2.0}, False),
-        "early_exit": (lambda: {"skip": LayerSkip(mode="exit", min_layers=2)}, False),
-        "ffn_skip": (lambda: {"skip": LayerSkip(mode="ffn", threshold=0.9)}, False),
-        "contrastive": (lambda: {"contrastive": True}, False),
+        "plain": ({}, True),
+        "plain+compile": ({"compile": True}, True),
+        "prompt_lookup": ({"drafter": PromptLookupDrafter(), "gamma": g}, True),
+        "ngram_aded_n3": ({"drafter": aded, "gamma": g}, True),
+        "ngram_long": ({"drafter": long_ngram, "gamma": s["gamma_ngram"]}, True),
+        "draft_model": ({"drafter": ModelDrafter(s["draft"]), "gamma": g}, True),
+        "draft_model+fallback": ({"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g}, True),
+        "draft_head": ({"drafter": HeadDrafter(m), "gamma": g}, True),
+        "bild_rollback": ({"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g, "rollback": 2.0}, False),
+        "early_exit": ({"skip": LayerSkip(mode="exit", min_layers=2)}, False),
+        "ffn_skip": ({"skip": LayerSkip(mode="ffn", threshold=0.9)}, False),
+        "contrastive": ({"contrastive": True}, False),
     }
 
 
@@ -113,21 +115,32 @@ def run_ours(s, prompts, kw: dict, stats: dict) -> list[list[int]]:
     return [[int(t) for t in r if t >= 0] for r in out]
 
 
-def time_method(s, kw_fn, batch: int, reps: int) -> tuple[float, list[list[int]], dict]:
-    """Median wall time over reps of decoding all prompts (in chunks of ``batch``)."""
-    times, agg = [], {}
-    for r in range(reps + 1):  # the first run warms up (and compiles) and is not timed
-        outs, tot = [], {}
-        t0 = time.perf_counter()
-        for i in range(0, len(s["prompts"]), batch):
-            st = {}
-            outs += run_ours(s, s["prompts"][i:i + batch], kw_fn(), st)
-            for k, v in st.items():
-                tot[k] = tot.get(k, 0) + v
-        if r:
-            times.append(time.perf_counter() - t0)
-        agg = tot
-    return sorted(times)[len(times) // 2], outs, agg
+def decode_all(s, kw: dict, batch: int) -> tuple[list[list[int]], dict]:
+    """Decode every prompt (in chunks of ``batch``); returns the outputs and the summed stats."""
+    outs, tot = [], {}
+    for i in range(0, len(s["prompts"]), batch):
+        st = {}
+        outs += run_ours(s, s["prompts"][i:i + batch], kw, st)
+        for k, v in st.items():
+            tot[k] = tot.get(k, 0) + v
+    return outs, tot
+
+
+def timed(engines: dict, reps: int) -> tuple[dict, dict]:
+    """One untimed warm-up run of every engine (compiles), then ``reps`` rounds that run every
+    engine once, interleaved so that drift in machine speed hits all of them alike.
+    Returns ({key: median seconds}, {key: (outputs, stats) of the warm-up run})."""
+    first = {}
+    for k, fn in engines.items():
+        first[k] = fn()
+        print(f"  warm-up {k}", flush=True)
+    times = {k: [] for k in engines}
+    for _ in range(reps):
+        for k, fn in engines.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}, first
 
 
 def quality(s, name: str, outs: list[list[int]]) -> dict:
@@ -146,12 +159,11 @@ def quality(s, name: str, outs: list[list[int]]) -> dict:
     return {"nll_full_model": nll / max(n, 1)}
 
 
-def sampling_test(s, kw_fn, n_rows: int) -> dict:
+def sampling_test(s, kw: dict, n_rows: int) -> dict:
     """n_rows rows of the first prompt sampled (T=1) with the drafter vs plain; chi-square
     homogeneity per position over the first 6 tokens; the smallest p-value is reported."""
     from scipy.stats import chi2_contingency
     params = lambda seed: SamplingParams(temperature=1.0, max_new_tokens=6, seed=seed)  # noqa: E731
-    kw = kw_fn()
     a = torch.stack(list(generate(s["model"], [s["prompts"][0]] * n_rows, params(1), **kw)), 1)
     b = torch.stack(list(generate(s["model"], [s["prompts"][0]] * n_rows, params(2))), 1)
     pmin = 1.0
@@ -164,9 +176,9 @@ def sampling_test(s, kw_fn, n_rows: int) -> dict:
     return {"chi2_min_p": pmin, "rows": n_rows}
 
 
-def hf_anchor(s, reps: int, plain_b1: list[list[int]], plain_b8: list[list[int]]) -> dict:
+def hf_engines(s) -> dict:
     """HF transformers generate on the same weights (exported as Llama): plain at batch 1 and
-    8, prompt lookup and assisted generation (batch 1 only in HF)."""
+    8, prompt lookup and assisted generation (batch 1 only in HF). {key: (batch, run)}."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
     from backbone.hf_import import export_hf
@@ -190,24 +202,13 @@ def hf_anchor(s, reps: int, plain_b1: list[list[int]], plain_b8: list[list[int]]
                           eos_token_id=eos, min_new_tokens=None if eos is not None else s["new"], **kw)
         return [cut(r) for r in out[:, P:].tolist()]
 
-    runs = {"hf_plain": (1, {}), "hf_prompt_lookup": (1, {"prompt_lookup_num_tokens": s["gamma"]}),
-            "hf_assisted": (1, {"assistant_model": hf_small}), "hf_plain_b8": (8, {})}
-    res = {}
-    with torch.inference_mode():
-        for name, (batch, kw) in runs.items():
-            times = []
-            for r in range(reps + 1):
-                t0 = time.perf_counter()
-                outs = []
-                for i in range(0, len(s["prompts"]), batch):
-                    outs += gen(s["prompts"][i:i + batch], **kw)
-                if r:
-                    times.append(time.perf_counter() - t0)
-            med = sorted(times)[len(times) // 2]
-            ref = plain_b1 if batch == 1 else plain_b8
-            res[name] = dict(batch=batch, seconds=med, tokens=sum(map(len, outs)),
-                             tokens_per_s=sum(map(len, outs)) / med, identical_to_ours=outs == ref)
-    return res
+    def engine(batch, kw):
+        return lambda: ([o for i in range(0, len(s["prompts"]), batch) for o in gen(s["prompts"][i:i + batch], **kw)], {})
+
+    return {"hf_plain": (1, engine(1, {})),
+            "hf_prompt_lookup": (1, engine(1, {"prompt_lookup_num_tokens": s["gamma"]})),
+            "hf_assisted": (1, engine(1, {"assistant_model": hf_small})),
+            "hf_plain_b8": (8, engine(8, {}))}
 
 
 def main(argv=None):
@@ -234,38 +235,42 @@ def main(argv=None):
         ms = methods(s)
         if a.only:
             ms = {k: v for k, v in ms.items() if k == "plain" or k in a.only}
-        res, ref = {}, {}
+        engines = {(meth, b): (lambda kw=kw, b=b: decode_all(s, kw, b)) for meth, (kw, _) in ms.items() for b in (1, 8)}
+        hf = {} if a.no_hf else hf_engines(s)
+        engines.update({(k, b): fn for k, (b, fn) in hf.items()})
         with torch.inference_mode():
-            for meth, (kw_fn, exact) in ms.items():
-                for batch in (1, 8):
-                    sec, outs, st = time_method(s, kw_fn, batch, a.reps)
-                    if meth == "plain":
-                        ref[batch] = outs
-                    n_tok = sum(map(len, outs))
-                    r = dict(model=name, method=meth, batch=batch, exact_by_design=exact, seconds=sec, tokens=n_tok,
-                             tokens_per_s=n_tok / sec, speedup=None, identical=outs == ref[batch])
-                    if st.get("drafted"):
-                        r.update(acceptance=st["accepted"] / st["drafted"], tokens_per_round=st["emitted"] / st["rounds"] /
-                                 (1 if batch == 1 else min(batch, len(s["prompts"]))))
-                    if not exact or meth == "plain":
-                        r.update(quality(s, name, outs))
-                        r["token_agreement"] = sum(sum(x == y for x, y in zip(o, p)) for o, p in zip(outs, ref[batch])) / \
-                            max(1, sum(map(len, ref[batch])))
-                    res[f"{meth}@b{batch}"] = r
-                    print(f"{name:5} {meth:22} b{batch}  {r['tokens_per_s']:8.1f} tok/s  identical={r['identical']}", flush=True)
-            for r in res.values():
-                r["speedup"] = r["tokens_per_s"] / res[f"plain@b{r['batch']}"]["tokens_per_s"]
-            for meth, (kw_fn, exact) in ms.items():
-                if exact and "drafter" in kw_fn():
-                    res[f"{meth}@b1"]["sampling"] = sampling_test(s, kw_fn, a.sample_rows)
-        hf = {} if a.no_hf else hf_anchor(s, a.reps, ref[1], ref[8])
-        for k, v in hf.items():
+            secs, first = timed(engines, a.reps)
+        ref = {b: first[("plain", b)][0] for b in (1, 8)}
+        res = {}
+        for (meth, batch), sec in secs.items():
+            outs, st = first[(meth, batch)]
+            n_tok = sum(map(len, outs))
+            r = dict(model=name, method=meth, batch=batch, seconds=sec, tokens=n_tok, tokens_per_s=n_tok / sec,
+                     speedup=None, identical=outs == ref[batch])
+            if meth in ms:
+                r["exact_by_design"] = ms[meth][1]
+            if st.get("drafted"):
+                r.update(acceptance=st["accepted"] / st["drafted"],
+                         tokens_per_round=st["emitted"] / st["rounds"] / min(batch, len(s["prompts"])))
+            if meth in ms and (not ms[meth][1] or meth == "plain"):
+                with torch.inference_mode():
+                    r.update(quality(s, name, outs))
+                r["token_agreement"] = sum(sum(x == y for x, y in zip(o, p)) for o, p in zip(outs, ref[batch])) / \
+                    max(1, sum(map(len, ref[batch])))
+            res[f"{meth}@b{batch}"] = r
+        for r in res.values():
+            r["speedup"] = r["tokens_per_s"] / res[f"plain@b{r['batch']}"]["tokens_per_s"]
+        with torch.inference_mode():
+            for meth, (kw, exact) in ms.items():
+                if exact and "drafter" in kw:
+                    res[f"{meth}@b1"]["sampling"] = sampling_test(s, kw, a.sample_rows)
+        hf_rows = {k: res[f"{k}@b{b}"] for k, (b, _) in hf.items()}
+        for k, v in hf_rows.items():
             v["ours_plain_vs_hf"] = res[f"plain@b{v['batch']}"]["tokens_per_s"] / v["tokens_per_s"]
             v["ours_plain+compile_vs_hf"] = (res[f"plain+compile@b{v['batch']}"]["tokens_per_s"] / v["tokens_per_s"]
                                               if f"plain+compile@b{v['batch']}" in res else None)
-        result["models"][name] = {"methods": res, "hf": hf, "n_prompts": len(s["prompts"]), "new_tokens": s["new"]}
-        rows += list(res.values()) + [dict(model=name, method=k, batch=v["batch"], tokens_per_s=v["tokens_per_s"],
-                                           identical=v["identical_to_ours"]) for k, v in hf.items()]
+        result["models"][name] = {"methods": res, "hf": hf_rows, "n_prompts": len(s["prompts"]), "new_tokens": s["new"]}
+        rows += list(res.values())
     print()
     common.print_table([{**r, "p_sampling": (r.get("sampling") or {}).get("chi2_min_p")} for r in rows],
                        ["model", "method", "batch", "tokens_per_s", "speedup", "acceptance", "tokens_per_round",

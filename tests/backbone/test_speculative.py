@@ -59,7 +59,7 @@ def test_ngram_table_seeds_from_a_corpus_and_adapts():
     from backbone.drafters import DraftContext
     d = NgramTableDrafter(corpus=[[1, 2, 3, 4], [1, 2, 3, 5]], local_weight=4.0)
     d.reset(1, 16)
-    ctx = lambda h: DraftContext(torch.tensor([h]), torch.tensor([len(h) - 1]), None, [h], None, len(h) - 1)  # noqa: E731
+    ctx = lambda h: DraftContext(torch.tensor([h]), torch.tensor([len(h) - 1]), torch.tensor([len(h) - 1]), None, [h], None)  # noqa: E731
     assert d(ctx([9, 1, 2]), 3).tokens.tolist() == [[3, 4]] or d(ctx([9, 1, 2]), 3).tokens.tolist() == [[3, 5]]
     d.reset(1, 16)
     # the row's own text says "2 3 -> 5": local counts outweigh the corpus tie
@@ -171,3 +171,43 @@ def test_sampling_distribution_is_the_big_models_with_a_draft_model_in_a_ragged_
                                  batch_with=[3, 3], gamma=2)
     assert acc > 0.2 and rej > 0.2
     assert tv < 0.045, tv
+
+
+class _CheckedModelDrafter(ModelDrafter):
+    """Every draft must equal the small model's own greedy continuation of the accepted text,
+    recomputed from scratch: the proof that its KV cache was rolled back right."""
+
+    calls = 0
+
+    def __call__(self, ctx, gamma, params=None, gen=None):
+        d = super().__call__(ctx, gamma, params, gen)
+        for b, hist in enumerate(ctx.histories):
+            seq = list(hist)
+            for _ in range(int(d.lengths[b])):
+                logits = self.model.heads["lm"](_nocache(self.model, seq))
+                seq.append(int(logits.argmax()))
+            assert d.tokens[b, :int(d.lengths[b])].tolist() == seq[len(hist):], (b, hist)
+        _CheckedModelDrafter.calls += 1
+        return d
+
+
+@torch.no_grad()
+def _nocache(model, seq):
+    """Last hidden state of seq, computed without touching the model's KV cache."""
+    cache = [layer.attn.kv_cache for layer in model.backbone.layers]
+    model.backbone.clear_cache()
+    try:
+        return model.backbone(torch.tensor([seq]))[0, -1]
+    finally:
+        for layer, c in zip(model.backbone.layers, cache):
+            layer.attn.kv_cache = c
+
+
+def test_draft_model_cache_is_rolled_back_per_row():
+    big, small = build(seed=0), build(seed=0, std=0.25)
+    prompts = [[1, 2, 3, 4, 5], [9], [4, 4, 2]]
+    params = SamplingParams(temperature=0, max_new_tokens=25)
+    st = {}
+    out = rows(generate_drafted(big, prompts, params, _CheckedModelDrafter(small), gamma=3, stats=st))
+    assert out == rows(generate(big, prompts, params))
+    assert _CheckedModelDrafter.calls > 3 and 0 < st["accepted"] < st["drafted"]  # rejections happened
