@@ -52,6 +52,17 @@ class Draft:
         z = torch.zeros(B, 0, dtype=torch.long, device=device)
         return Draft(z, torch.zeros(B, dtype=torch.long, device=device))
 
+    def padded(self, g: int) -> "Draft":
+        """The same draft with exactly g token slots (zero padding; lengths cap what counts)."""
+        B, w = self.tokens.shape
+        if w >= g:
+            return Draft(self.tokens[:, :g], self.lengths.clamp(max=g), None if self.q is None else self.q[:, :g])
+        tokens = torch.cat([self.tokens, self.tokens.new_zeros(B, g - w)], 1)
+        q = None
+        if self.q is not None:  # padded slots: any distribution works, they are never accepted
+            q = torch.cat([self.q, self.q.new_full((B, g - w, self.q.shape[-1]), 1.0 / self.q.shape[-1])], 1)
+        return Draft(tokens, self.lengths, q)
+
     @staticmethod
     def from_lists(rows: list[list[int]], device=None) -> "Draft":
         g = max((len(r) for r in rows), default=0)
@@ -242,4 +253,5 @@ class HeadDrafter(_Stateless):
             ctx.hidden, ctx.pending, self.model.backbone.tok_embeddings, self.model.heads[self.lm],
             gamma, params, gen, self.fallback)
         return Draft(tokens, lengths, q)
+
 

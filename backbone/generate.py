@@ -144,8 +144,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
     """
     params.validate()
     if params.penalty_alpha > 0 or drafter is not None:
-        if compile or skip is not None:
-            raise ValueError("compile and skip apply to plain decoding, not to drafting or contrastive search")
+        if skip is not None or (compile and drafter is None):
+            raise ValueError("layer skipping applies to plain decoding, compile to plain and drafted decoding")
         if params.penalty_alpha > 0:
             if drafter is not None:
                 raise ValueError("choose drafting or contrastive search, not both")
@@ -153,7 +153,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
             yield from generate_contrastive(model, prompts, params, head, pad_id, device)
         else:
             from .speculative import generate_drafted
-            yield from generate_drafted(model, prompts, params, drafter, gamma, head, pad_id, device, stats=stats)
+            yield from generate_drafted(model, prompts, params, drafter, gamma, head, pad_id, device, stats=stats,
+                                        compile=compile)
         return
     if skip is not None:
         if compile:

@@ -36,7 +36,8 @@ from .sampling import SamplingParams, process_logits
 @torch.no_grad()
 def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, drafter=None,
                      gamma: int = 4, head: str = "lm", pad_id: int = 0, device=None,
-                     rollback: float | None = None, stats: dict | None = None) -> Iterator[Tensor]:
+                     rollback: float | None = None, stats: dict | None = None,
+                     compile: bool = False) -> Iterator[Tensor]:
     """Stream tokens for a batch of prompts with draft-and-verify decoding. Yields (B,) tensors.
 
     Same contract as ``generate``: rows that hit a stop token yield -1 afterwards, the loop
@@ -47,6 +48,8 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
         token is kept while the model's cross-entropy on it, -log p(x), is at most
         ``rollback`` nats, instead of only when it is the argmax.
     stats: optional dict; receives rounds / drafted / accepted / emitted counts.
+    compile: verify with a static cache of block_size slots and a ``torch.compile``d forward;
+        drafts are padded to exactly gamma so every round has the same shapes (one compile).
     """
     params.validate()
     if params.repetition_penalty != 1.0:
@@ -62,7 +65,8 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
     (B, P), block, n = ids.shape, model.args.block_size, params.max_new_tokens
     if P + n + gamma > block:
         raise ValueError(f"prompt ({P}) + max_new_tokens ({n}) + gamma ({gamma}) exceeds the context ({block})")
-    max_seq = P + n + gamma
+    max_seq = block if compile else P + n + gamma
+    verify = compiled_verify(model) if compile else verify_step
     lm, bb = model.heads[head], model.backbone
     gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
     stats = stats if stats is not None else {}
@@ -84,9 +88,9 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
         # 1. prefill all but the last column: the last prompt token is "pending", fed with the drafts
         hidden = None
         if P > 1:
-            hidden, _ = prefill(model, ids[:, :-1], am[:, :-1], max_seq)
+            hidden, _ = prefill(model, ids[:, :-1], am[:, :-1], max_seq, static=compile)
         else:
-            bb.setup_cache(B, max_seq, device=device)
+            bb.setup_cache(B, max_seq, device=device, static=compile)
         slots = torch.full((B,), P - 1, dtype=torch.long, device=device)  # each row's pending slot
         positions = am[:, :-1].sum(1)                                      # its position id
         drafter.reset(B, max_seq, device)
@@ -100,15 +104,17 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
                 ctx = DraftContext(seq, slots, positions, key_valid, histories, hidden)
                 d = drafter(ctx, g_max, params, gen) if g_max > 0 else Draft.empty(B, device)
                 d.lengths = torch.minimum(d.lengths, budget)
+                if compile:  # fixed shapes: always gamma draft slots (the padding is never accepted)
+                    d = d.padded(gamma)
                 g = d.tokens.shape[1]
                 # 3. verify pending + drafts in one forward, each row at its own slots
                 q_slots = slots[:, None] + ar[:1 + g]                                  # (B, 1+g)
-                S = int(q_slots.max()) + 1
+                S = max_seq if compile else int(q_slots.max()) + 1
                 mask = build_mask(q_slots, ar[:S], None if key_valid is None else key_valid[:, :S])
                 x = torch.cat([seq.gather(1, slots[:, None]), d.tokens], 1)            # (B, 1+g)
-                h = bb(input_ids=x, positions=positions[:, None] + ar[:1 + g], mask=mask, input_pos=q_slots)
+                h, logits = verify(bb, lm, x, positions[:, None] + ar[:1 + g], q_slots, mask)
                 # 4. per row: accepted prefix length k and the model's own token at k
-                out, k = accept(lm(h), d, params, gen, rollback)                      # (B, 1+g), (B,)
+                out, k = accept(logits, d, params, gen, rollback)                     # (B, 1+g), (B,)
                 hidden = h[torch.arange(B, device=device), k]       # the state that predicted the new pending token
                 stats["rounds"] += 1
                 for b in range(B):
@@ -144,6 +150,21 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
     finally:
         bb.clear_cache()
         drafter.close()
+
+
+def verify_step(bb, lm, x: Tensor, positions: Tensor, q_slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """x, positions, q_slots (B, 1+g) -> hidden states (B, 1+g, D) and logits (B, 1+g, V)."""
+    h = bb(input_ids=x, positions=positions, mask=mask, input_pos=q_slots)
+    return h, lm(h)
+
+
+def compiled_verify(model):
+    """``torch.compile`` of verify_step, built once per model (static cache, fixed gamma)."""
+    fn = getattr(model, "_compiled_verify", None)
+    if fn is None:
+        fn = torch.compile(verify_step, dynamic=False)
+        model._compiled_verify = fn
+    return fn
 
 
 def accept(logits: Tensor, d: Draft, params: SamplingParams, gen=None,

@@ -211,3 +211,13 @@ def test_draft_model_cache_is_rolled_back_per_row():
     out = rows(generate_drafted(big, prompts, params, _CheckedModelDrafter(small), gamma=3, stats=st))
     assert out == rows(generate(big, prompts, params))
     assert _CheckedModelDrafter.calls > 3 and 0 < st["accepted"] < st["drafted"]  # rejections happened
+
+
+def test_compiled_verification_gives_the_same_tokens():
+    """Static cache + torch.compile'd verify (drafts padded to gamma): plain greedy tokens."""
+    big = build(draft_head=True)
+    prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [5]]
+    params = SamplingParams(temperature=0, max_new_tokens=20)
+    st = {}
+    out = rows(generate(big, prompts, params, drafter=PromptLookupDrafter(), gamma=4, compile=True, stats=st))
+    assert out == rows(generate(big, prompts, params)) and st["accepted"] > 0
