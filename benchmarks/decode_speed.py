@@ -90,6 +90,7 @@ def methods(s: dict) -> dict:
         "prompt_lookup": ({"drafter": PromptLookupDrafter(), "gamma": g}, True),
         "ngram_aded_n3": ({"drafter": aded, "gamma": g}, True),
         "ngram_long": ({"drafter": long_ngram, "gamma": s["gamma_ngram"]}, True),
+        "ngram_long+compile": ({"drafter": long_ngram, "gamma": s["gamma_ngram"], "compile": True}, True),
         "draft_model": ({"drafter": ModelDrafter(s["draft"]), "gamma": g}, True),
         "draft_model+fallback": ({"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g}, True),
         "draft_head": ({"drafter": HeadDrafter(m), "gamma": g}, True),
