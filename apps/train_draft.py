@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from apps import train_text
 from apps.train_text import read_corpus, resolve, split_point
 from backbone.container import OmniModel, part
 from backbone.train import TrainConfig, train
@@ -79,13 +80,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
 
 
 def load_config(path) -> dict:
-    import yaml
-    p = resolve(str(path))
-    if not p.is_file():
-        raise FileNotFoundError(f"config {p} not found")
-    cfg = yaml.safe_load(p.read_text())
-    if not isinstance(cfg, dict) or not {"model", "data", "train"} <= set(cfg):
-        raise ValueError(f"{p}: a draft-head config needs 'model', 'data' and 'train' sections")
+    """The draft-head recipe: same sections as a text config, where ``model`` names the folder."""
+    cfg = train_text.load_config(path)
     if not re.fullmatch(r"[\w./-]+", str(cfg["model"])):
-        raise ValueError(f"{p}: 'model' must be a checkpoint folder path")
+        raise ValueError(f"{path}: 'model' must be the checkpoint folder the head is trained on")
     return cfg
