@@ -18,6 +18,16 @@ import sys
 def _train(a):
     import yaml
     from apps import train_text
+    if a.task == "forecast":
+        from apps import forecast
+        cfg = train_text.load_config(a.config, required=("model", "train", "seg_len"))
+        if a.max_steps:
+            cfg["train"]["max_steps"] = a.max_steps
+        if a.run_dir:
+            cfg["train"]["out_dir"] = a.run_dir
+        _, metrics = forecast.run(cfg, out=a.out or cfg.get("out"), device=a.device, resume=a.resume)
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+        return
     if a.task == "draft-head":
         from apps import train_draft
         cfg = train_draft.load_config(a.config)
@@ -105,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text", "crystal", "draft-head"],
+    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast"],
                    help="crystal: a CIF language model (CrystaLLM); draft-head: a speculative draft head "
                         "on a trained model (Chimera/EAGLE)")
     t.add_argument("--config", required=True)

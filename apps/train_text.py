@@ -64,13 +64,15 @@ def split_point(text: str, data: dict) -> int:
     return split
 
 
-def load_config(path: str | Path) -> dict:
+def load_config(path: str | Path, required=("data", "model", "train")) -> dict:
+    """A YAML recipe; FileNotFoundError / ValueError (naming the missing sections) if unusable."""
     path = resolve(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"config {path} not found")
     cfg = yaml.safe_load(path.read_text())
-    if not isinstance(cfg, dict) or not {"data", "model", "train"} <= set(cfg):
-        raise ValueError(f"{path}: a text config needs 'data', 'model' and 'train' sections")
+    missing = sorted(set(required) - set(cfg)) if isinstance(cfg, dict) else list(required)
+    if missing:
+        raise ValueError(f"{path}: the config needs {', '.join(repr(m) for m in missing)}")
     return cfg
 
 

@@ -67,14 +67,23 @@ class OmniModel(nn.Module):
         return cls({"backbone": args.to_dict(), "heads": heads, "adapters": adapters or {}, "meta": meta or {}})
 
     def forward(self, input_ids: Tensor | None = None, targets: dict | None = None,
-                loss_weights: dict[str, float] | None = None, **backbone_kwargs):
+                loss_weights: dict[str, float] | None = None, adapter_inputs: dict | None = None,
+                **backbone_kwargs):
         """Backbone forward, plus the weighted sum of head losses when ``targets`` is given.
+
+        adapter_inputs: {adapter_name: raw input} for continuous modalities; the adapter turns
+            it into the (B, T, D) ``embeds`` of the backbone (one adapter per call).
 
         targets: {head_name: target} where target is either (B, T) for heads that score every
             position (LM: -100 = ignore), or a pair (select (B, T) bool, target (N, ...)) for heads
             that predict at selected positions only (image patches, series segments).
         Returns h (B, T, D) without targets, else (loss scalar, {head_name: loss}).
         """
+        if adapter_inputs:
+            if len(adapter_inputs) != 1:
+                raise ValueError("give one adapter input per call")
+            (name, raw), = adapter_inputs.items()
+            backbone_kwargs["embeds"] = self.adapters[name](raw)
         h = self.backbone(input_ids=input_ids, **backbone_kwargs)
         if not targets:
             return h

@@ -1,0 +1,196 @@
+"""Forecasting on the shared backbone: the training task, the recipe and the Python API.
+
+    omniar train forecast --config configs/forecast_etth1.yaml
+    Forecaster.from_pretrained("assets/forecast-etth1").predict(context, horizon=96)
+
+A model is an OmniModel with the ``segment`` adapter (heads/forecast.SegmentEmbed) and the
+``forecast`` head (QuantileHead). Each series is normalised by its own context statistics,
+cut into segments, and rolled forward one segment per step, feeding back the median
+(AutoTimes' one-model-for-all-horizons inference), with the KV cache.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backbone.container import OmniModel, part
+from backbone.train import TrainConfig, train
+from backbone.transformer import ModelArgs
+from heads.forecast import DEFAULT_QUANTILES, QuantileHead, SegmentEmbed
+from modalities.timeseries import as_series, ett_splits, instance_stats, kernel_synth, load_ett, segment
+
+MAX_SERIES, MAX_HORIZON, MAX_CONTEXT = 1024, 2048, 100_000
+
+
+class SeriesTask:
+    """Random windows of ``n_segments + 1`` segments from a pool of 1-D series; batch ``step``
+    is a pure function of (seed, step, micro). Each window is normalised by the statistics of
+    its first ``context_segments`` (what a forecast call sees); the segments after them train
+    the positions a rollout reaches, so inference never leaves the trained positions. A share
+    of windows gets missing values and a shortened history, so the model learns the mask
+    channel and left padding."""
+
+    def __init__(self, train: list[np.ndarray], val: list[np.ndarray], seg_len: int, n_segments: int,
+                 batch_size: int, eval_batches: int = 8, seed: int = 0, nan_prob: float = 0.2,
+                 context_segments: int | None = None):
+        need = (n_segments + 1) * seg_len
+        self.train = [s for s in train if len(s) >= need]
+        self.val = [s for s in val if len(s) >= need]
+        if not self.train or not self.val:
+            raise ValueError(f"no training/validation series is long enough for {need} points")
+        self.S, self.T, self.bs, self.seed, self.nan_prob = seg_len, n_segments, batch_size, seed, nan_prob
+        self.n_eval = eval_batches
+        self.C = context_segments or n_segments
+
+    def _batch(self, pool: list[np.ndarray], g: np.random.Generator, n: int) -> dict:
+        S, T = self.S, self.T
+        xs, ys = [], []
+        lens = np.array([len(s) for s in pool], dtype=np.float64)
+        for _ in range(n):
+            s = pool[g.choice(len(pool), p=lens / lens.sum())]
+            start = g.integers(0, len(s) - (T + 1) * S + 1)
+            w = s[start:start + (T + 1) * S].copy()
+            ctx = w[:T * S]                     # a view: missing values go into the inputs only
+            C = self.C * S
+            if g.random() < self.nan_prob:  # missing values and a shorter history
+                ctx[:C][g.random(C) < g.uniform(0, 0.2)] = np.nan
+                ctx[:g.integers(0, self.C // 2) * S] = np.nan
+                if np.isnan(ctx[:C]).all():
+                    ctx[C - 1] = s[start + C - 1]
+            mean, std = instance_stats(ctx[:C])
+            xs.append(segment(ctx, S, mean, std, T))
+            ys.append(segment(s[start + S:start + (T + 1) * S], S, mean, std, T))  # position i -> segment i+1
+        x = torch.stack(xs)                                             # (B, T, 2S)
+        y = torch.stack(ys)
+        sel = torch.ones(n, T, dtype=torch.bool)
+        return {"adapter_inputs": {"segment": x}, "targets": {"forecast": (sel, y.reshape(-1, 2 * S))}}
+
+    def train_batch(self, step: int, micro: int, rows: slice) -> dict:
+        g = np.random.default_rng([self.seed, step, micro])
+        b = self._batch(self.train, g, self.bs)
+        x, (sel, y) = b["adapter_inputs"]["segment"][rows], b["targets"]["forecast"]
+        y = y.view(self.bs, self.T, -1)[rows].reshape(-1, y.shape[-1])
+        return {"adapter_inputs": {"segment": x}, "targets": {"forecast": (sel[rows], y)}}
+
+    def eval_batches(self) -> list[dict]:
+        return [self._batch(self.val, np.random.default_rng([self.seed, 1 << 40, i]), self.bs) for i in range(self.n_eval)]
+
+
+def ett_series(path: str | Path, part_name: str, lookback: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Per-channel series of one split, standardised with the train split's statistics
+    (the ETT protocol). Returns (series, mean (C,), std (C,))."""
+    _, values, _ = load_ett(path)
+    lo, hi = ett_splits(values, lookback)["train"]
+    mean, std = values[lo:hi].mean(0), values[lo:hi].std(0)
+    a, b = ett_splits(values, lookback)[part_name]
+    z = (values[a:b] - mean) / std
+    return [z[:, c] for c in range(z.shape[1])], mean, std
+
+
+def build_model(cfg: dict) -> OmniModel:
+    m, S = cfg["model"], cfg["seg_len"]
+    args = ModelArgs.from_name(m.get("preset", "nano"), vocab_size=1, **m.get("args", {}))
+    q = tuple(cfg.get("quantiles", DEFAULT_QUANTILES))
+    return OmniModel.build(args, heads={"forecast": part(QuantileHead, dim=args.dim, seg_len=S, quantiles=q)},
+                           adapters={"segment": part(SegmentEmbed, seg_len=S, dim=args.dim)},
+                           meta={"task": "forecast", "seg_len": S, "context_segments": cfg["context_segments"]})
+
+
+def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
+    S, T, data = cfg["seg_len"], cfg["context_segments"], cfg["data"]
+    lookback = T * S
+    train_s, val_s = [], []
+    for path in data.get("ett", []):
+        train_s += ett_series(path, "train", lookback)[0]
+        val_s += ett_series(path, "val", lookback)[0]
+    ks = data.get("kernel_synth", 0)
+    if ks:
+        train_s += list(kernel_synth(ks, data.get("kernel_synth_length", 1024), seed=1))
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    torch.manual_seed(tcfg.seed)
+    model = build_model(cfg)
+    if "train" in sys.argv:
+        model.config["meta"]["train_command"] = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    n_seg = cfg.get("train_segments", T)  # context + the rollout positions to train
+    task = SeriesTask(train_s, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
+                      context_segments=T)
+    metrics = train(model, task, tcfg, device=device, resume=resume)
+    if out:
+        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        model.save_pretrained(out)
+    return model, metrics
+
+
+class Forecaster:
+    """``Forecaster.from_pretrained(folder).predict(context, horizon, quantiles)``."""
+
+    def __init__(self, model: OmniModel):
+        if "forecast" not in model.heads or "segment" not in model.adapters:
+            raise ValueError("not a forecasting checkpoint (needs the 'segment' adapter and 'forecast' head)")
+        self.model = model.eval()
+        self.S = model.config["meta"]["seg_len"]
+        self.T = model.config["meta"]["context_segments"]
+
+    @classmethod
+    def from_pretrained(cls, folder, device=None) -> "Forecaster":
+        return cls(OmniModel.from_pretrained(folder, device=device))
+
+    @torch.no_grad()
+    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), batch_size: int = 256) -> np.ndarray:
+        """context: a 1-D array/tensor or a list of them (any lengths, NaN allowed).
+        Returns (series, horizon, len(quantiles)) in the original units."""
+        if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
+            context = [context]
+        if not isinstance(context, (list, tuple)) or not context:
+            raise ValueError("context must be a 1-D series or a non-empty list of them")
+        if len(context) > MAX_SERIES:
+            raise ValueError(f"at most {MAX_SERIES} series per call, got {len(context)}")
+        if not (isinstance(horizon, int) and 1 <= horizon <= MAX_HORIZON):
+            raise ValueError(f"horizon must be an integer in [1, {MAX_HORIZON}], got {horizon!r}")
+        head = self.model.heads["forecast"]
+        qidx = []
+        for q in quantiles:
+            if q not in head.quantiles:
+                raise ValueError(f"quantile {q} is not one the model predicts; choose from {list(head.quantiles)}")
+            qidx.append(head.quantiles.index(q))
+        series = [as_series(c, f"series {i}") for i, c in enumerate(context)]
+        if any(len(s) > MAX_CONTEXT for s in series):
+            raise ValueError(f"a series is longer than {MAX_CONTEXT} points")
+        out = []
+        for i in range(0, len(series), batch_size):
+            out.append(self._predict(series[i:i + batch_size], horizon, qidx))
+        return np.concatenate(out)
+
+    def _predict(self, series: list[np.ndarray], horizon: int, qidx: list[int]) -> np.ndarray:
+        S, T = self.S, self.T
+        stats = [instance_stats(s[-T * S:]) for s in series]
+        x = torch.stack([segment(s, S, m, sd, T) for s, (m, sd) in zip(series, stats)])     # (B, T, 2S)
+        dev = next(self.model.parameters()).device
+        x = x.to(dev)
+        steps = -(-horizon // S)
+        bb, head, embed = self.model.backbone, self.model.heads["forecast"], self.model.adapters["segment"]
+        if T + steps > self.model.args.block_size:
+            raise ValueError(f"horizon {horizon} needs {T + steps} segments but the model's context is "
+                             f"{self.model.args.block_size}")
+        bb.setup_cache(x.shape[0], T + steps, device=dev)
+        try:
+            h = bb(embeds=embed(x), input_pos=torch.arange(T, device=dev))[:, -1]             # (B, D)
+            preds = []
+            for k in range(steps):
+                q = head(h)                                                                 # (B, S, Q)
+                preds.append(q)
+                if k + 1 < steps:  # feed the median back as the next (fully observed) segment
+                    med = head.median(h)
+                    nxt = torch.cat([med, torch.ones_like(med)], -1)[:, None]               # (B, 1, 2S)
+                    h = bb(embeds=embed(nxt), input_pos=torch.tensor([T + k], device=dev))[:, -1]
+        finally:
+            bb.clear_cache()
+        y = torch.cat(preds, 1)[:, :horizon][..., qidx].double().cpu().numpy()              # (B, H, q)
+        mean = np.array([m for m, _ in stats])[:, None, None]
+        std = np.array([sd for _, sd in stats])[:, None, None]
+        return y * std + mean

@@ -1,0 +1,119 @@
+"""Time series as backbone inputs (AutoTimes, Liu et al. 2024): instance-normalised,
+non-overlapping segments of S points, with a mask channel for missing values.
+
+A series of any length becomes a (T, 2S) tensor of segment tokens: S normalised values (NaN
+replaced by 0) followed by S observed-flags, left-padded to whole segments (the padding is
+marked unobserved). Normalisation statistics come from the observed context only, and a
+constant series gets a scale floor instead of a division by zero.
+
+Also here: KernelSynth-style synthetic series (Ansari et al. 2024, "Chronos": random sums and
+products of Gaussian-process kernels) and the ETT data with its standard 12/4/4-month split.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+MIN_SCALE = 1e-5  # std floor, relative to (1 + |mean|): constant series stay finite
+
+
+def as_series(x, name: str = "series") -> np.ndarray:
+    """A 1-D float64 array; ValueError for wrong types, empty input, infinities or all-NaN."""
+    try:
+        a = np.asarray(x.detach().cpu() if isinstance(x, Tensor) else x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a 1-D sequence of numbers ({e})") from None
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} is empty")
+    if np.isinf(a).any():
+        raise ValueError(f"{name} contains infinite values")
+    if np.isnan(a).all():
+        raise ValueError(f"{name} has no observed value (all NaN)")
+    return a
+
+
+def instance_stats(x: np.ndarray) -> tuple[float, float]:
+    """(mean, std) over the observed values, std floored for constant series."""
+    obs = x[~np.isnan(x)]
+    mean = float(obs.mean())
+    std = float(obs.std()) if obs.size > 1 else 0.0
+    return mean, max(std, MIN_SCALE * (1.0 + abs(mean)))
+
+
+def segment(x: np.ndarray, seg_len: int, mean: float, std: float, n_segments: int | None = None) -> Tensor:
+    """Series (L,) -> segment tokens (T, 2*seg_len): normalised values then observed-flags.
+
+    The series is left-padded (unobserved) to a whole number of segments; ``n_segments``
+    keeps only the last T segments (or left-pads with empty ones up to T).
+    """
+    T = n_segments or -(-len(x) // seg_len)
+    L = T * seg_len
+    v = np.full(L, np.nan)
+    tail = x[-L:]
+    v[L - len(tail):] = tail
+    obs = ~np.isnan(v)
+    z = np.where(obs, (v - mean) / std, 0.0)
+    return torch.from_numpy(np.concatenate([z.reshape(T, seg_len), obs.reshape(T, seg_len)], 1)).float()
+
+
+# ---- data ---------------------------------------------------------------------------------------
+def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4) -> np.ndarray:
+    """(n, length) synthetic series: GP samples from random sums/products of periodic, linear,
+    RBF, rational-quadratic and white-noise kernels (the KernelSynth recipe of Chronos)."""
+    rng = np.random.default_rng(seed)
+    t = np.linspace(0, 1, length)
+    d = t[:, None] - t[None, :]
+    periods = np.array([24, 48, 96, 168, 336, 7, 12, 30, 52, 4]) / length  # hourly/daily/weekly/...
+
+    def kernel():
+        k = rng.integers(5)
+        if k == 0:  # periodic
+            p = rng.choice(periods)
+            return np.exp(-2 * np.sin(np.pi * np.abs(d) / p) ** 2 / rng.uniform(0.5, 2) ** 2)
+        if k == 1:  # linear (trend)
+            return rng.uniform(0.1, 1.0) * (t[:, None] - rng.uniform()) * (t[None, :] - rng.uniform())
+        if k == 2:  # RBF (smooth variation)
+            return np.exp(-d ** 2 / (2 * rng.choice([0.01, 0.05, 0.1, 0.5]) ** 2))
+        if k == 3:  # rational quadratic
+            return (1 + d ** 2 / (2 * rng.uniform(0.1, 1) * rng.choice([0.05, 0.1, 0.3]) ** 2)) ** -rng.uniform(0.1, 1)
+        return rng.uniform(0.01, 0.1) * np.eye(length)  # white noise
+
+    out = np.empty((n, length))
+    for i in range(n):
+        K = kernel()
+        for _ in range(rng.integers(0, max_kernels)):
+            K = K + kernel() if rng.random() < 0.5 else K * kernel()
+        K = K + 1e-6 * np.eye(length)
+        w, V = np.linalg.eigh(K)
+        out[i] = V @ (np.sqrt(np.clip(w, 0, None)) * rng.standard_normal(length))
+    return out
+
+
+ETT_MONTH = 30 * 24  # rows per "month" in the ETT protocol (hourly data)
+
+
+def load_ett(path: str | Path) -> tuple[list[str], np.ndarray, list[str]]:
+    """(timestamps, values (N, C), column names) of an ETT CSV; ValueError if malformed."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2 or rows[0][0] != "date":
+        raise ValueError(f"{path}: not an ETT CSV (a 'date' column first)")
+    try:
+        values = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    except ValueError as e:
+        raise ValueError(f"{path}: non-numeric value ({e})") from None
+    return [r[0] for r in rows[1:]], values, rows[0][1:]
+
+
+def ett_splits(values: np.ndarray, lookback: int) -> dict[str, tuple[int, int]]:
+    """Row ranges of the standard 12/4/4-month split (Informer/AutoTimes code): val and test
+    windows start ``lookback`` rows early so their first forecast starts at the border."""
+    m = ETT_MONTH
+    return {"train": (0, 12 * m), "val": (12 * m - lookback, 16 * m), "test": (16 * m - lookback, 20 * m)}
