@@ -88,6 +88,11 @@ def _generate(a):
     sys.stdout.write("\n")
 
 
+def _forecast(a):
+    from apps import forecast
+    forecast.main(a)
+
+
 def _crystal(a):
     from apps import crystal
     crystal.main(a)
@@ -145,6 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ngram-n", type=int, default=3, help="context length + 1 of --draft ngram (default %(default)s)")
     g.add_argument("--penalty-alpha", type=float, help="contrastive search with --top-k candidates")
     g.set_defaults(fn=_generate)
+
+    f = sub.add_parser("forecast", help="forecast one column of a CSV (median and quantiles)")
+    f.add_argument("csv")
+    f.add_argument("--column", required=True, help="the value column, e.g. OT")
+    f.add_argument("--horizon", type=int, default=96)
+    f.add_argument("--quantiles", default="0.1,0.5,0.9", help="comma-separated (default %(default)s)")
+    f.add_argument("--model", default="assets/forecast-etth1")
+    f.add_argument("-o", "--out", default="forecast.csv")
+    f.add_argument("--force", action="store_true", help="overwrite --out")
+    f.set_defaults(fn=_forecast)
 
     c = sub.add_parser("crystal", help="generate crystal structures (CIF) for a composition")
     c.add_argument("composition", help="cell composition, e.g. SrTiO3 or C8")

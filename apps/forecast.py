@@ -194,3 +194,49 @@ class Forecaster:
         mean = np.array([m for m, _ in stats])[:, None, None]
         std = np.array([sd for _, sd in stats])[:, None, None]
         return y * std + mean
+
+
+def read_series_csv(path: str | Path, column: str) -> np.ndarray:
+    """One numeric column of a CSV with a header; empty cells and 'nan' are missing values.
+    ValueError (naming the file, column or line) for anything else."""
+    import csv
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.stat().st_size > 200 * 2**20:
+        raise ValueError(f"{path} is larger than 200 MB")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or column not in reader.fieldnames:
+                raise ValueError(f"{path}: no column {column!r}; the columns are {reader.fieldnames}")
+            vals = []
+            for i, row in enumerate(reader, start=2):
+                cell = (row.get(column) or "").strip()
+                try:
+                    vals.append(float(cell) if cell and cell.lower() != "nan" else float("nan"))
+                except ValueError:
+                    raise ValueError(f"{path}, line {i}: {cell!r} in column {column!r} is not a number") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text CSV") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: malformed CSV ({e})") from None
+    return as_series(vals, f"column {column!r}")
+
+
+def main(a):
+    """``omniar forecast data.csv --column OT --horizon 96 -o forecast.csv``."""
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    x = read_series_csv(a.csv, a.column)
+    qs = [float(q) for q in a.quantiles.split(",")]
+    pred = Forecaster.from_pretrained(a.model).predict(x, a.horizon, quantiles=qs)[0]     # (H, q)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("step," + ",".join(f"q{q:g}" for q in qs) + "\n")
+        for i, row in enumerate(pred, start=1):
+            f.write(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points "
+          f"({int(np.isnan(x).sum())} missing), quantiles {qs}")

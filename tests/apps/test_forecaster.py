@@ -29,7 +29,9 @@ def forecaster(tmp_path_factory):
     r = subprocess.run([sys.executable, "-m", "apps.cli", "train", "forecast", "--config", str(tmp / "cfg.yaml"),
                         "--out", str(tmp / "model")], cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
-    return Forecaster.from_pretrained(tmp / "model")
+    fc = Forecaster.from_pretrained(tmp / "model")
+    fc.folder = tmp / "model"
+    return fc
 
 
 def test_ragged_batch_with_nan_and_constant_series(forecaster):
@@ -51,3 +53,25 @@ def test_ragged_batch_with_nan_and_constant_series(forecaster):
 def test_bad_input_gives_a_clear_error(forecaster, ctx, kw, msg):
     with pytest.raises(ValueError, match=msg):
         forecaster.predict(ctx, **{"horizon": 8, **kw})
+
+
+def test_cli_forecast_writes_quantiles_and_refuses_bad_csv(forecaster, tmp_path):
+    model = forecaster.folder
+    rows = ["time,OT"] + [f"t{i}," + ("" if i % 17 == 0 else f"{np.sin(i / 4):.4f}") for i in range(200)]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "apps.cli", "forecast", *map(str, args), "--model", model],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = cli(tmp_path / "in.csv", "--column", "OT", "--horizon", "12", "-o", tmp_path / "out.csv")
+    assert r.returncode == 0, r.stderr
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "step,q0.1,q0.5,q0.9" and len(lines) == 13
+    (tmp_path / "bad.csv").write_text("time,OT\nt0,1.0\nt1,abc\n")
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00garbage")
+    for args, msg in [((tmp_path / "bad.csv", "--column", "OT"), "line 3"),
+                      ((tmp_path / "in.csv", "--column", "nope"), "no column"),
+                      ((tmp_path / "bin.csv", "--column", "OT"), "UTF-8"),
+                      ((tmp_path / "in.csv", "--column", "OT", "-o", tmp_path / "out.csv"), "exists")]:
+        r = cli(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
