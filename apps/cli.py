@@ -19,26 +19,13 @@ def _train(a):
     import yaml
     from apps import train_text
     if a.task == "forecast":
-        from apps import forecast
+        from apps import forecast as recipe
         cfg = train_text.load_config(a.config, required=("model", "train", "seg_len"))
-        if a.max_steps:
-            cfg["train"]["max_steps"] = a.max_steps
-        if a.run_dir:
-            cfg["train"]["out_dir"] = a.run_dir
-        _, metrics = forecast.run(cfg, out=a.out or cfg.get("out"), device=a.device, resume=a.resume)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-        return
-    if a.task == "draft-head":
-        from apps import train_draft
-        cfg = train_draft.load_config(a.config)
-        if a.max_steps:
-            cfg["train"]["max_steps"] = a.max_steps
-        if a.run_dir:
-            cfg["train"]["out_dir"] = a.run_dir
-        _, metrics = train_draft.run(cfg, out=a.out or cfg.get("out"), device=a.device, resume=a.resume)
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
-        return
-    cfg = train_text.load_config(a.config)
+    elif a.task == "draft-head":
+        from apps import train_draft as recipe
+        cfg = recipe.load_config(a.config)
+    else:  # text and crystal share the token-LM recipe
+        recipe, cfg = train_text, train_text.load_config(a.config)
     overrides = {}
     for o in a.set or []:
         if "=" not in o:
@@ -49,7 +36,8 @@ def _train(a):
         overrides["max_steps"] = a.max_steps
     if a.run_dir:
         overrides["out_dir"] = a.run_dir
-    _, metrics = train_text.run(cfg, out=a.out or cfg.get("out"), resume=a.resume, device=a.device, overrides=overrides)
+    cfg["train"] = {**cfg["train"], **overrides}
+    _, metrics = recipe.run(cfg, out=a.out or cfg.get("out"), resume=a.resume, device=a.device)
     import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
