@@ -81,6 +81,12 @@ def _forecast(a):
     forecast.main(a)
 
 
+def _serve_forecast(a):
+    from apps import forecast_api
+    argv = ["--model", a.model, "--host", a.host, "--port", str(a.port), "--max-waiting", str(a.max_waiting)]
+    forecast_api.main(argv)
+
+
 def _crystal(a):
     from apps import crystal
     crystal.main(a)
@@ -148,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--out", default="forecast.csv")
     f.add_argument("--force", action="store_true", help="overwrite --out")
     f.set_defaults(fn=_forecast)
+
+    sf = sub.add_parser("serve-forecast", help="the forecasting REST API (FastAPI; POST /v1/forecast)")
+    sf.add_argument("--model", default="assets/forecast-etth1")
+    sf.add_argument("--host", default="127.0.0.1")
+    sf.add_argument("--port", type=int, default=8000)
+    sf.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")
+    sf.set_defaults(fn=_serve_forecast)
 
     c = sub.add_parser("crystal", help="generate crystal structures (CIF) for a composition")
     c.add_argument("composition", help="cell composition, e.g. SrTiO3 or C8")
