@@ -99,6 +99,8 @@ def _demo(a):
         argv += ["--text-model", a.text_model]
     if a.crystal_model:
         argv += ["--crystal-model", a.crystal_model]
+    if a.forecast_model:
+        argv += ["--forecast-model", a.forecast_model]
     launcher.main(argv)
 
 
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=7860)
     d.add_argument("--text-model")
     d.add_argument("--crystal-model")
+    d.add_argument("--forecast-model")
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face transformers folder")

@@ -13,9 +13,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
-import functools
 import html
-import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -23,9 +21,8 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from apps.serving import check_checkpoint, serve
+from apps.serving import check_checkpoint, serve, user_errors as _user_errors
 
-log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "assets/crystal-cif"
 TRAIN_COMMAND = "omniar train crystal --config configs/crystal_cif.yaml"
@@ -87,25 +84,6 @@ def _int(name, value, lo, hi):
     if not np.isfinite(x) or x != int(x) or not lo <= x <= hi:
         raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
     return int(x)
-
-
-def _user_errors(title: str, what: str):
-    """Handler decorator: ValueError -> gr.Error with its message; anything else -> gr.Error naming
-    the exception (the traceback goes to the server log, never to the page)."""
-    def wrap(fn):
-        @functools.wraps(fn)
-        def handler(*args):
-            try:
-                return fn(*args)
-            except gr.Error:
-                raise
-            except ValueError as e:
-                raise gr.Error(str(e), title=title, print_exception=False) from None
-            except Exception as e:
-                log.exception("crystal %s failed", what)
-                raise gr.Error(f"{what} failed ({type(e).__name__}: {e})", print_exception=False) from None
-        return handler
-    return wrap
 
 
 def make_generate_fn(generator):

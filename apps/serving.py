@@ -2,22 +2,47 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+log = logging.getLogger(__name__)
 
 
-def check_checkpoint(folder: str | os.PathLike, kind: str, train_command: str) -> Path:
+def user_errors(title: str, what: str):
+    """Gradio handler decorator: ValueError -> gr.Error with its message; anything else ->
+    gr.Error naming the exception (the traceback goes to the server log, never to the page)."""
+    import gradio as gr
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def handler(*args):
+            try:
+                return fn(*args)
+            except gr.Error:
+                raise
+            except ValueError as e:
+                raise gr.Error(str(e), title=title, print_exception=False) from None
+            except Exception as e:
+                log.exception("%s failed", what)
+                raise gr.Error(f"{what} failed ({type(e).__name__}: {e})", print_exception=False) from None
+        return handler
+    return wrap
+
+
+def check_checkpoint(folder: str | os.PathLike, kind: str, train_command: str,
+                     files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     """Raise FileNotFoundError naming the folder (or file) that is missing and the command that
     makes it; return the folder as a Path."""
     folder = Path(folder)
     how = f"train one with: {train_command} --out {folder}"
     if not folder.is_dir():
         raise FileNotFoundError(f"{kind} checkpoint folder {folder} not found; {how}")
-    for f in CHECKPOINT_FILES:
+    for f in files:
         if not (folder / f).is_file():
             raise FileNotFoundError(f"{folder / f} not found: {folder} is not a complete {kind} checkpoint; {how}")
     return folder

@@ -1,0 +1,136 @@
+"""Forecasting app: upload a CSV, pick the value column, set the horizon; see the history with
+the median forecast and its 10-90% band, and download the forecast as CSV.
+
+    python -m apps.forecast_app --model assets/forecast-etth1 [--host 127.0.0.1] [--port 7860]
+
+``build_demo(forecaster)`` does no work until an event fires. A malformed, binary, huge or
+non-numeric upload, an unknown column or a bad horizon ends as a ``gr.Error`` with a plain
+message, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
+
+import csv
+import sys
+import tempfile
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from apps.serving import check_checkpoint, serve, user_errors
+
+DEFAULT_MODEL = "assets/forecast-etth1"
+TRAIN_COMMAND = "omniar train forecast --config configs/forecast_etth1.yaml"
+MAX_UPLOAD_BYTES = 20 << 20
+SHOW_HISTORY = 500  # points of history drawn before the forecast
+
+
+def csv_columns(path) -> list[str]:
+    """The columns of an uploaded CSV whose first data row is numeric (ValueError otherwise)."""
+    if path is None:
+        raise ValueError("upload a CSV file first")
+    p = Path(path)
+    if p.stat().st_size > MAX_UPLOAD_BYTES:
+        raise ValueError(f"the file is larger than {MAX_UPLOAD_BYTES >> 20} MB")
+    try:
+        with p.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header, first = next(reader, None), next(reader, None)
+    except (UnicodeDecodeError, csv.Error):
+        raise ValueError("this is not a UTF-8 text CSV file") from None
+    if not header or not first:
+        raise ValueError("the CSV needs a header line and at least one row")
+    numeric = []
+    for name, cell in zip(header, first):
+        try:
+            float(cell)
+            numeric.append(name)
+        except ValueError:
+            pass
+    if not numeric:
+        raise ValueError(f"no numeric column in {header}")
+    return numeric
+
+
+def plot_forecast(history: np.ndarray, q: np.ndarray, title: str) -> np.ndarray:
+    """history (L,), q (H, 3) = 10/50/90% -> RGB image (H, W, 3) uint8."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    h = history[-SHOW_HISTORY:]
+    t0 = len(h)
+    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=90)
+    ax.plot(np.arange(t0), h, color="0.3", lw=1, label="history")
+    steps = np.arange(t0, t0 + len(q))
+    ax.fill_between(steps, q[:, 0], q[:, 2], color="tab:blue", alpha=0.25, label="10-90%")
+    ax.plot(steps, q[:, 1], color="tab:blue", lw=1.5, label="median")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return img
+
+
+def make_forecast_fn(forecaster):
+    from apps.forecast import read_series_csv
+
+    @user_errors("Cannot forecast", "forecast")
+    def run(path, column, horizon):
+        cols = csv_columns(path)
+        if column not in cols:
+            raise ValueError(f"pick a numeric column: {cols}")
+        if horizon is None or horizon != int(horizon) or not 1 <= int(horizon) <= 1000:
+            raise ValueError(f"the horizon must be a whole number from 1 to 1000, got {horizon!r}")
+        x = read_series_csv(path, column)
+        q = forecaster.predict(x, int(horizon), quantiles=[0.1, 0.5, 0.9])[0]          # (H, 3)
+        out = Path(tempfile.mkdtemp(prefix="omniar-forecast-")) / "forecast.csv"
+        out.write_text("step,q0.1,q0.5,q0.9\n" + "".join(f"{i},{a:.6g},{b:.6g},{c:.6g}\n"
+                                                       for i, (a, b, c) in enumerate(q, start=1)))
+        info = f"{int(horizon)} steps of **{column}** from {len(x)} points ({int(np.isnan(x).sum())} missing)"
+        return plot_forecast(x, q, f"{column}: median and 10-90% band"), str(out), info
+    return run
+
+
+def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
+    run = make_forecast_fn(forecaster)
+
+    @user_errors("Cannot read this file", "upload")
+    def on_upload(path):
+        cols = csv_columns(path)
+        return gr.Dropdown(choices=cols, value="OT" if "OT" in cols else cols[-1])
+
+    with gr.Blocks(title=title, analytics_enabled=False) as demo:
+        gr.Markdown("Upload a CSV with a header, pick the value column and the horizon.")
+        with gr.Row():
+            file = gr.File(label="CSV file", file_types=[".csv"], type="filepath", elem_id="fc-file")
+            with gr.Column():
+                column = gr.Dropdown(label="value column", choices=[], elem_id="fc-column")
+                horizon = gr.Number(96, precision=0, label="horizon (steps)", elem_id="fc-horizon")
+                button = gr.Button("Forecast", variant="primary")
+        plot = gr.Image(label="forecast", elem_id="fc-plot", interactive=False)
+        info = gr.Markdown(elem_id="fc-info")
+        download = gr.File(label="forecast CSV", elem_id="fc-download")
+        file.upload(on_upload, file, column)
+        button.click(run, [file, column, horizon], [plot, download, info])
+    return demo
+
+
+def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
+    """Checkpoint folder -> forecasting app Blocks (FileNotFoundError/ValueError with a clear message)."""
+    from apps.forecast import Forecaster
+    folder = check_checkpoint(folder, "forecasting", TRAIN_COMMAND, files=("config.json", "model.safetensors"))
+    return build_demo(Forecaster.from_pretrained(folder, device=device))
+
+
+def main(argv=None) -> int:
+    return serve("python -m apps.forecast_app", "OmniAR forecasting app", DEFAULT_MODEL, load_app, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

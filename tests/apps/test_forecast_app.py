@@ -1,0 +1,74 @@
+"""Forecasting app: handlers with the shipped model, clear errors, and the launcher tab driven
+by headless Chromium (upload a CSV, click, a plot appears)."""
+import os
+
+import numpy as np
+import pytest
+
+from apps.forecast import Forecaster
+from apps.forecast_app import csv_columns, make_forecast_fn
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
+
+
+@pytest.fixture(scope="module")
+def run():
+    return make_forecast_fn(Forecaster.from_pretrained("assets/forecast-etth1"))
+
+
+@pytest.fixture
+def series_csv(tmp_path):
+    t = np.arange(800)
+    lines = ["date,load,OT"] + [f"2020-01-01 {i % 24:02d}:00,{np.cos(i / 5):.3f},{10 + 3 * np.sin(2 * np.pi * i / 24):.3f}"
+                                 for i in t]
+    p = tmp_path / "series.csv"
+    p.write_text("\n".join(lines) + "\n")
+    return str(p)
+
+
+def test_handler_plots_and_writes_the_forecast(run, series_csv):
+    img, path, info = run(series_csv, "OT", 48)
+    assert img.ndim == 3 and img.shape[2] == 3 and img.std() > 0
+    lines = open(path).read().splitlines()
+    assert lines[0] == "step,q0.1,q0.5,q0.9" and len(lines) == 49
+    assert "48 steps" in info
+    assert csv_columns(series_csv) == ["load", "OT"]
+
+
+def test_bad_input_is_a_clear_error(run, series_csv, tmp_path):
+    import gradio as gr
+    (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x01")
+    (tmp_path / "text.csv").write_text("a,b\nx,y\n")
+    cases = [((None, "OT", 10), "upload a CSV"), ((series_csv, "date", 10), "numeric column"),
+             ((series_csv, "OT", 0), "horizon"), ((series_csv, "OT", 2.5), "horizon"),
+             ((str(tmp_path / "bin.csv"), "OT", 10), "UTF-8"), ((str(tmp_path / "text.csv"), "a", 10), "no numeric")]
+    for args, msg in cases:
+        with pytest.raises(gr.Error, match=msg):
+            run(*args)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (no browser downloads)")
+    from app_server import running_launcher  # tests/apps/app_server.py
+    from playwright.sync_api import sync_playwright
+    with running_launcher([], tmp_path_factory.mktemp("server") / "launcher.log", threads=2) as url:
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            pg = b.new_page()
+            pg.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            pg.get_by_role("tab", name="Forecast").click(timeout=60_000)
+            yield pg
+            b.close()
+
+
+def test_browser_upload_and_forecast(page, series_csv):
+    from playwright.sync_api import expect
+    page.locator("#fc-file input[type=file]").set_input_files(series_csv)
+    expect(page.locator("#fc-column input")).to_have_value("OT", timeout=30_000)
+    page.get_by_role("button", name="Forecast", exact=True).click()
+    expect(page.locator("#fc-plot img")).to_be_visible(timeout=60_000)
+    expect(page.locator("#fc-info")).to_contain_text("96 steps", timeout=10_000)
+    assert "Traceback" not in page.content()
