@@ -55,3 +55,25 @@ def running_launcher(args: list[str], log: Path, threads: int = 1, timeout_s: fl
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=15)
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@contextmanager
+def browser_tab(url: str, tab: str):
+    """Debian's headless Chromium (no browser download) on ``url`` with launcher tab ``tab`` open."""
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (no browser downloads)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            pg = b.new_page()
+            pg.goto(url, wait_until="domcontentloaded", timeout=60_000)
+            pg.get_by_role("tab", name=tab).click(timeout=60_000)
+            yield pg
+        finally:
+            b.close()

@@ -17,9 +17,6 @@ from modalities.crystal import CIFTokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = json.loads((REPO / "tests" / "modalities" / "data" / "crystals_test_sample.json").read_text())
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 GOOD = dict(composition="SrTiO3", spacegroup="", n=2, temperature=1.0, top_k=10, seed=0)
 
@@ -107,16 +104,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def page(server):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (no browser downloads)")
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = b.new_page()
-        pg.goto(server, wait_until="domcontentloaded", timeout=60_000)
-        pg.get_by_role("tab", name="Crystals").click(timeout=60_000)
+    from app_server import browser_tab
+    with browser_tab(server, "Crystals") as pg:
         yield pg
-        b.close()
 
 
 def test_browser_generates_structures_with_pictures(page):

@@ -1,6 +1,5 @@
 """Forecasting app: handlers with the shipped model, clear errors, and the launcher tab driven
 by headless Chromium (upload a CSV, click, a plot appears)."""
-import os
 
 import numpy as np
 import pytest
@@ -8,8 +7,6 @@ import pytest
 from apps.forecast import Forecaster
 from apps.forecast_app import csv_columns, make_forecast_fn
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"]
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +47,10 @@ def test_bad_input_is_a_clear_error(run, series_csv, tmp_path):
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium package (no browser downloads)")
-    from app_server import running_launcher  # tests/apps/app_server.py
-    from playwright.sync_api import sync_playwright
+    from app_server import browser_tab, running_launcher  # tests/apps/app_server.py
     with running_launcher([], tmp_path_factory.mktemp("server") / "launcher.log", threads=2) as url:
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            pg = b.new_page()
-            pg.goto(url, wait_until="domcontentloaded", timeout=60_000)
-            pg.get_by_role("tab", name="Forecast").click(timeout=60_000)
+        with browser_tab(url, "Forecast") as pg:
             yield pg
-            b.close()
 
 
 def test_browser_upload_and_forecast(page, series_csv):
