@@ -81,15 +81,14 @@ class SeriesTask:
         return [self._batch(self.val, np.random.default_rng([self.seed, 1 << 40, i]), self.bs) for i in range(self.n_eval)]
 
 
-def ett_series(path: str | Path, part_name: str, lookback: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Per-channel series of one split, standardised with the train split's statistics
-    (the ETT protocol). Returns (series, mean (C,), std (C,))."""
+def ett_series(path: str | Path, lookback: int) -> dict[str, list[np.ndarray]]:
+    """{"train" | "val" | "test": per-channel series}, read once and standardised with the
+    train split's statistics (the ETT protocol)."""
     _, values, _ = load_ett(path)
-    lo, hi = ett_splits(values, lookback)["train"]
-    mean, std = values[lo:hi].mean(0), values[lo:hi].std(0)
-    a, b = ett_splits(values, lookback)[part_name]
-    z = (values[a:b] - mean) / std
-    return [z[:, c] for c in range(z.shape[1])], mean, std
+    splits = ett_splits(values, lookback)
+    lo, hi = splits["train"]
+    z = (values - values[lo:hi].mean(0)) / values[lo:hi].std(0)
+    return {name: [z[a:b, c] for c in range(z.shape[1])] for name, (a, b) in splits.items()}
 
 
 def build_model(cfg: dict) -> OmniModel:
@@ -106,8 +105,9 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     lookback = T * S
     train_s, val_s = [], []
     for path in data.get("ett", []):
-        train_s += ett_series(path, "train", lookback)[0]
-        val_s += ett_series(path, "val", lookback)[0]
+        parts = ett_series(path, lookback)
+        train_s += parts["train"]
+        val_s += parts["val"]
     ks = data.get("kernel_synth", 0)
     if ks:
         train_s += list(kernel_synth(ks, data.get("kernel_synth_length", 1024), seed=1))

@@ -32,6 +32,7 @@ class LayerSkip:
     keep_first: int = 1
     keep_last: int = 1
     skipped: frozenset = field(default_factory=frozenset)  # ffn: filled after the warm-up
+    layer_sims: list = field(default_factory=list)         # ffn: mean cos(in, out) per layer, measured
     _sims: list = field(default_factory=list, repr=False)
 
     def validate(self, n_layer: int) -> "LayerSkip":
@@ -44,7 +45,7 @@ class LayerSkip:
         return self
 
     def reset(self):
-        self.skipped, self._sims = frozenset(), []
+        self.skipped, self.layer_sims, self._sims = frozenset(), [], []
 
     def n_layers(self, step: int, n_layer: int, max_new: int) -> int:
         """SkipDecode's linear exit schedule: n_layer at step 0, min_layers at the horizon."""

@@ -97,9 +97,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    test, _, _ = ett_series(DATA, "test", LOOKBACK)
-    train, _, _ = ett_series(DATA, "train", LOOKBACK)
-    val, _, _ = ett_series(DATA, "val", LOOKBACK)
+    parts = ett_series(DATA, LOOKBACK)
+    train, val, test = parts["train"], parts["val"], parts["test"]
     # ours: one 720-step rollout per window; horizon H is scored on the first H points
     x720, _, k720 = windows(test, HORIZONS[0], a.stride, keys=True)  # every window with >= 96 targets
     fc = Forecaster.from_pretrained(a.model)

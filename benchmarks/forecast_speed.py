@@ -32,7 +32,7 @@ DATA = ROOT / ".." / "shared" / "data" / "timeseries" / "ETTh1.csv"
 
 def batch_of_series(n: int = 64, length: int = 512) -> list[np.ndarray]:
     """n windows of the ETTh1 test months (all channels), seeded."""
-    series, _, _ = ett_series(DATA, "test", 672)
+    series = ett_series(DATA, 672)["test"]
     g = np.random.default_rng(0)
     out = []
     for _ in range(n):

@@ -8,7 +8,6 @@ horizons are reached by feeding the median back, segment by segment.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -56,6 +55,3 @@ class QuantileHead(nn.Module):
         i = min(range(len(self.quantiles)), key=lambda j: abs(self.quantiles[j] - 0.5))
         return y[..., i]
 
-
-def mse_mae(pred: Tensor, target: Tensor) -> tuple[float, float]:
-    return float(F.mse_loss(pred, target)), float(F.l1_loss(pred, target))

@@ -14,7 +14,7 @@ DATA = ROOT / ".." / "shared" / "data" / "timeseries" / "ETTh1.csv"
 
 @pytest.fixture(scope="module")
 def val_windows():
-    series, _, _ = ett_series(DATA, "val", 672)
+    series = ett_series(DATA, 672)["val"]
     xs, ys = [], []
     for s in series:
         for t in range(672, len(s) - 96 + 1, 96):
