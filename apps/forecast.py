@@ -230,7 +230,10 @@ def main(a):
     if out.exists() and not a.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
     x = read_series_csv(a.csv, a.column)
-    qs = [float(q) for q in a.quantiles.split(",")]
+    try:
+        qs = [float(q) for q in a.quantiles.split(",")]
+    except ValueError:
+        raise ValueError(f"--quantiles takes comma-separated numbers such as 0.1,0.5,0.9, got {a.quantiles!r}") from None
     pred = Forecaster.from_pretrained(a.model).predict(x, a.horizon, quantiles=qs)[0]     # (H, q)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("w") as f:
