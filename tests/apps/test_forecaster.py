@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from apps.forecast import Forecaster
@@ -75,3 +76,51 @@ def test_cli_forecast_writes_quantiles_and_refuses_bad_csv(forecaster, tmp_path)
                       ((tmp_path / "in.csv", "--column", "OT", "-o", tmp_path / "out.csv"), "exists")]:
         r = cli(*args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_series_task_pools_short_history_mixup_and_in_context():
+    from apps.forecast import SeriesTask
+    rng = np.random.default_rng(0)
+    pools = {"short": [rng.normal(size=n) for n in (9, 12, 20)], "long": [np.sin(np.arange(500) / 5)]}
+    task = SeriesTask(pools, pools["long"], 4, 10, 16, eval_batches=2, context_segments=8, short_history=True,
+                      mixup=0.5, in_context=1.0, mix={"short": 3, "long": 1})
+    a, b = task.train_batch(3, 0, slice(None)), task.train_batch(3, 0, slice(None))
+    x, (sel, y) = a["adapter_inputs"]["segment"], a["targets"]["forecast"]
+    assert x.shape == (16, 10, 8) and y.shape == (160, 8) and torch.equal(x, b["adapter_inputs"]["segment"])
+    assert torch.isfinite(x).all() and torch.isfinite(y).all()
+    assert (x[:, :, 4:].sum((1, 2)) > 0).all()                       # every window has observed context
+    with pytest.raises(ValueError, match="long enough"):
+        SeriesTask({"a": [np.zeros(5)]}, [np.zeros(5)], 4, 10, 2, short_history=True)
+
+
+def test_in_context_examples_change_only_short_contexts(forecaster):
+    rng = np.random.default_rng(1)
+    short, full = rng.normal(size=10), rng.normal(size=200)
+    ex = [np.sin(np.arange(30) / 2), np.cos(np.arange(20))]
+    plain = forecaster.predict([short, full], 8)
+    shared = forecaster.predict([short, full], 8, examples=ex)
+    per = forecaster.predict([short, full], 8, examples=[ex, []])
+    assert not np.allclose(plain[0], shared[0])                        # the examples reach the model
+    np.testing.assert_allclose(plain[1], shared[1], rtol=1e-5)        # no padding left: no room, no change
+    np.testing.assert_allclose(shared, per, rtol=1e-5)
+    with pytest.raises(ValueError, match="example 0"):
+        forecaster.predict([short], 8, examples=[["a"]])
+
+
+def test_finetune_cli_improves_held_out_error_and_refuses_bad_input(forecaster, tmp_path):
+    t = np.arange(400)
+    rows = ["t,v"] + [f"{i},{10 + 3 * np.sin(2 * np.pi * i / 16) + 0.02 * i:.4f}" for i in t]
+    (tmp_path / "d.csv").write_text("\n".join(rows) + "\n")
+    cmd = [sys.executable, "-m", "apps.cli", "finetune-forecast", str(tmp_path / "d.csv"), "--column", "v",
+           "--model", str(forecaster.folder), "-o", str(tmp_path / "ft"), "--steps", "30", "--lr", "3e-3",
+           "--run-dir", str(tmp_path / "run")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = Forecaster.from_pretrained(tmp_path / "ft").model.config["meta"]["finetuned"]
+    assert meta["val_after"] < meta["val_before"] and meta["column"] == "v"
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)   # refuses to overwrite
+    assert r.returncode == 2 and "--force" in r.stderr
+    (tmp_path / "tiny.csv").write_text("t,v\n1,2\n2,3\n")
+    r = subprocess.run(cmd[:4] + [str(tmp_path / "tiny.csv")] + cmd[5:-2] + ["-o", str(tmp_path / "ft2")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "too short" in r.stderr, r.stderr[-500:]

