@@ -41,12 +41,18 @@ class SeriesTask:
     series such as yearly M1 train left-padded); ``mixup`` is the share of windows that are
     a convex mix of 2-3 standardised windows (TSMixup, Chronos). ``in_context`` is the share of
     windows whose left padding is filled with example series from the same pool (AutoTimes'
-    in-context forecasting), each followed by an empty separator segment."""
+    in-context forecasting), each followed by an empty separator segment.
+
+    With a ``time_encoder`` (modalities/timeseries_time), segment tokens carry a timestamp
+    embedding for series in ``times`` ({id(series): (first timestamp, offset)}); mixed windows,
+    series without timestamps and a ``time_dropout`` share of windows get zeros, so timestamps
+    stay optional at inference."""
 
     def __init__(self, train, val: list[np.ndarray], seg_len: int, n_segments: int,
                  batch_size: int, eval_batches: int = 8, seed: int = 0, nan_prob: float = 0.2,
                  context_segments: int | None = None, mix: dict[str, float] | None = None,
-                 short_history: bool = False, mixup: float = 0.0, in_context: float = 0.0):
+                 short_history: bool = False, mixup: float = 0.0, in_context: float = 0.0,
+                 times: dict[int, tuple] | None = None, time_encoder=None, time_dropout: float = 0.2):
         pools = train if isinstance(train, dict) else {"train": train}
         need = 2 * seg_len if short_history else (n_segments + 1) * seg_len
         self.pools = {k: [s for s in v if len(s) >= need] for k, v in pools.items()}
@@ -59,15 +65,17 @@ class SeriesTask:
         self.S, self.T, self.bs, self.seed, self.nan_prob = seg_len, n_segments, batch_size, seed, nan_prob
         self.n_eval, self.short, self.mixup, self.icl = eval_batches, short_history, mixup, in_context
         self.C = context_segments or n_segments
+        self.times, self.enc, self.time_dropout = times or {}, time_encoder, time_dropout
 
-    def _window(self, pool: list[np.ndarray], g: np.random.Generator) -> np.ndarray:
-        """((T+1)*S,) raw window, NaN outside the series; its first C segments are the context."""
+    def _window(self, pool: list[np.ndarray], g: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
+        """((T+1)*S,) raw window, NaN outside the series (its first C segments are the context),
+        the series and the window's first index in it (negative when left-padded)."""
         S, T, C = self.S, self.T, self.C
         lens = np.array([len(s) for s in pool], dtype=np.float64)
         s = pool[g.choice(len(pool), p=lens / lens.sum())]
         if not self.short:
             start = g.integers(0, len(s) - (T + 1) * S + 1)
-            return s[start:start + (T + 1) * S].copy()
+            return s[start:start + (T + 1) * S].copy(), s, start
         end = g.integers(S, len(s))                  # context end: at least one segment before
         start = end - C * S
         w = np.full((T + 1) * S, np.nan)
@@ -75,27 +83,30 @@ class SeriesTask:
         w[a - start:b - start] = s[a:b]
         return w
 
-    def _draw(self, g: np.random.Generator, pool: list[np.ndarray] | None) -> tuple[np.ndarray, list | None]:
-        """(raw window, the pool it came from; None for a TSMixup window)."""
+    def _draw(self, g: np.random.Generator, pool: list[np.ndarray] | None) -> tuple[np.ndarray, list | None, tuple]:
+        """(raw window, the pool it came from, (series, first index)); None, None for TSMixup."""
         if pool is not None:
-            return self._window(pool, g), pool
+            w, s, start = self._window(pool, g)
+            return w, pool, (s, start)
         names = list(self.pools)
         pick = (lambda: names[g.choice(len(names), p=self.mix)]) if len(names) > 1 else (lambda: names[0])
         if not (self.mixup and g.random() < self.mixup):
             pool = self.pools[pick()]
-            return self._window(pool, g), pool
-        parts = [self._window(self.pools[pick()], g) for _ in range(g.integers(2, 4))]
+            w, s, start = self._window(pool, g)
+            return w, pool, (s, start)
+        parts = [self._window(self.pools[pick()], g)[0] for _ in range(g.integers(2, 4))]
         lam = g.dirichlet(np.ones(len(parts)))
         CS = self.C * self.S
-        return sum(l * (w - m) / sd for l, w, (m, sd) in zip(lam, parts, (instance_stats(w[:CS]) for w in parts))), None
+        mixed = sum(l * (w - m) / sd for l, w, (m, sd) in zip(lam, parts, (instance_stats(w[:CS]) for w in parts)))
+        return mixed, None, (None, 0)
 
     def _batch(self, g: np.random.Generator, n: int, pool: list[np.ndarray] | None = None) -> dict:
         S, T = self.S, self.T
         xs, ys = [], []
         for _ in range(n):
-            w, src = self._draw(g, pool)
+            w, src, (s, start) = self._draw(g, pool)
             while np.isnan(w[:self.C * S]).all():  # a gap in a real series covers the context
-                w, src = self._draw(g, pool)
+                w, src, (s, start) = self._draw(g, pool)
             ctx = w[:T * S].copy()               # missing values go into the inputs only
             C = self.C * S
             if g.random() < self.nan_prob:  # missing values and a shorter history
@@ -107,10 +118,15 @@ class SeriesTask:
             xs.append(segment(ctx, S, mean, std, T))
             free = leading_gap(xs[-1][:self.C])
             if self.icl and src is not None and free >= 3 and g.random() < self.icl:
-                ex = [self._window(src, g)[:C] for _ in range(g.integers(1, 4))]
+                ex = [self._window(src, g)[0][:C] for _ in range(g.integers(1, 4))]
                 xs[-1][:free] = prompt_segments([e[~np.isnan(e)] for e in ex], S, free)
             ys.append(segment(w[S:], S, mean, std, T))  # position i -> segment i+1
-        x = torch.stack(xs)                                             # (B, T, 2S)
+            if self.enc is not None:
+                tm = self.times.get(id(s))
+                use = tm is not None and g.random() >= self.time_dropout
+                xs[-1] = torch.cat([xs[-1], self.enc.segments(*tm, start, T, S) if use
+                                    else torch.zeros(T, self.enc.dim)], -1)
+        x = torch.stack(xs)                                             # (B, T, 2S [+ Dt])
         y = torch.stack(ys)
         sel = torch.ones(n, T, dtype=torch.bool)
         return {"adapter_inputs": {"segment": x}, "targets": {"forecast": (sel, y.reshape(-1, 2 * S))}}
@@ -128,33 +144,46 @@ class SeriesTask:
 
 
 def ett_series(path: str | Path, lookback: int) -> dict[str, list[np.ndarray]]:
-    """{"train" | "val" | "test": per-channel series}, read once and standardised with the
-    train split's statistics (the ETT protocol)."""
-    _, values, _ = load_ett(path)
+    """{"train" | "val" | "test": per-channel series, "start": {split: first timestamp}}, read
+    once and standardised with the train split's statistics (the ETT protocol)."""
+    dates, values, _ = load_ett(path)
     splits = ett_splits(values, lookback)
     lo, hi = splits["train"]
     z = (values - values[lo:hi].mean(0)) / values[lo:hi].std(0)
-    return {name: [z[a:b, c] for c in range(z.shape[1])] for name, (a, b) in splits.items()}
+    out = {name: [z[a:b, c] for c in range(z.shape[1])] for name, (a, b) in splits.items()}
+    out["start"] = {name: dates[a] for name, (a, b) in splits.items()}
+    return out
 
 
 def build_model(cfg: dict) -> OmniModel:
     m, S = cfg["model"], cfg["seg_len"]
     args = ModelArgs.from_name(m.get("preset", "nano"), vocab_size=1, **m.get("args", {}))
     q = tuple(cfg.get("quantiles", DEFAULT_QUANTILES))
+    ts = cfg.get("timestamps")
+    meta_ts = {"timestamps": {"encoder": ts["encoder"]}} if ts else {}
     return OmniModel.build(args, heads={"forecast": part(QuantileHead, dim=args.dim, seg_len=S, quantiles=q)},
-                           adapters={"segment": part(SegmentEmbed, seg_len=S, dim=args.dim)},
+                           adapters={"segment": part(SegmentEmbed, seg_len=S, dim=args.dim,
+                                                     time_dim=ts["dim"] if ts else 0)},
                            meta={"task": "forecast", "seg_len": S, "context_segments": cfg["context_segments"],
-                                 "train_segments": cfg.get("train_segments", cfg["context_segments"])})
+                                 "train_segments": cfg.get("train_segments", cfg["context_segments"]), **meta_ts})
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     S, T, data = cfg["seg_len"], cfg["context_segments"], cfg["data"]
     lookback = T * S
-    pools, val_s = {}, []
+    pools, val_s, times = {}, [], {}
+    enc = None
+    if cfg.get("timestamps"):  # AutoTimes' timestamps as positions, embedded by a frozen text model
+        from modalities.timeseries_time import TimestampEncoder, context_start
+        enc = TimestampEncoder(cfg["timestamps"]["encoder"])
+        cfg["timestamps"]["dim"] = enc.dim
     for path in data.get("ett", []):
         parts = ett_series(path, lookback)
         pools.setdefault("ett", []).extend(parts["train"])
         val_s += parts["val"]
+        if enc is not None:
+            for split in ("train", "val"):
+                times.update({id(x): context_start(parts["start"][split], "h") for x in parts[split]})
     ks = data.get("kernel_synth", 0)
     if ks:
         lengths = data.get("kernel_synth_length", 1024)
@@ -172,7 +201,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     n_seg = cfg.get("train_segments", T)  # context + the rollout positions to train
     task = SeriesTask(pools, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
                       context_segments=T, mix=data.get("mix"), short_history=data.get("short_history", False),
-                      mixup=data.get("mixup", 0.0), in_context=data.get("in_context", 0.0))
+                      mixup=data.get("mixup", 0.0), in_context=data.get("in_context", 0.0), times=times,
+                      time_encoder=enc)
     metrics = train(model, task, tcfg, device=device, resume=resume)
     if out:
         model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -189,6 +219,10 @@ class Forecaster:
         self.model = model.eval()
         self.S = model.config["meta"]["seg_len"]
         self.T = model.config["meta"]["context_segments"]
+        self.time_encoder = None
+        if getattr(model.adapters["segment"], "time_dim", 0):
+            from modalities.timeseries_time import TimestampEncoder
+            self.time_encoder = TimestampEncoder(model.config["meta"]["timestamps"]["encoder"])
 
     @classmethod
     def from_pretrained(cls, folder, device=None) -> "Forecaster":
@@ -196,14 +230,18 @@ class Forecaster:
 
     @torch.no_grad()
     def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), batch_size: int = 256,
-                examples=None) -> np.ndarray:
+                examples=None, timestamps=None, freq: str | None = None) -> np.ndarray:
         """context: a 1-D array/tensor or a list of them (any lengths, NaN allowed).
         Returns (series, horizon, len(quantiles)) in the original units.
 
         ``examples`` (in-context forecasting, AutoTimes): other series from the same source,
         either one list for every context or one list per context. They fill the context's
         left padding (each normalised by itself, an empty segment after each), so they only
-        take effect when a context is shorter than the model's ``context_segments``."""
+        take effect when a context is shorter than the model's ``context_segments``.
+
+        ``timestamps`` (per context: the timestamps of all its points, or of its first point with
+        ``freq``, a pandas alias such as 'h' or 'MS'; None entries allowed) feed models trained
+        with timestamps as positions; other models ignore them."""
         if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
             context = [context]
         if not isinstance(context, (list, tuple)) or not context:
@@ -233,13 +271,27 @@ class Forecaster:
                         (examples if per else [examples] * len(series))]
             if sum(len(x) for e in examples for x in e) > MAX_CONTEXT * 4:
                 raise ValueError("the examples are too long in total")
+        starts = [None] * len(series)
+        if timestamps is not None and self.time_encoder is not None:
+            from modalities.timeseries_time import context_start, parse_freq
+            if freq is not None:
+                parse_freq(freq)
+            if not isinstance(timestamps, (list, tuple)) or len(timestamps) != len(series):
+                raise ValueError(f"timestamps must be a list with one entry per series ({len(series)})")
+            for i, (t, x) in enumerate(zip(timestamps, series)):
+                if t is None:
+                    continue
+                if not isinstance(t, str) and len(t) not in (1, len(x)):
+                    raise ValueError(f"series {i}: {len(t)} timestamps for {len(x)} points")
+                starts[i] = context_start(t, freq)
         out = []
         for i in range(0, len(series), batch_size):
             ex = examples[i:i + batch_size] if examples is not None else None
-            out.append(self._predict(series[i:i + batch_size], horizon, qidx, ex))
+            out.append(self._predict(series[i:i + batch_size], horizon, qidx, ex, starts[i:i + batch_size]))
         return np.concatenate(out)
 
-    def _predict(self, series: list[np.ndarray], horizon: int, qidx: list[int], examples=None) -> np.ndarray:
+    def _predict(self, series: list[np.ndarray], horizon: int, qidx: list[int], examples=None,
+                 starts=None) -> np.ndarray:
         S, T = self.S, self.T
         stats = [instance_stats(s[-T * S:]) for s in series]
         x = torch.stack([segment(s, S, m, sd, T) for s, (m, sd) in zip(series, stats)])     # (B, T, 2S)
@@ -248,12 +300,17 @@ class Forecaster:
             if free >= 2:
                 x[i, :free] = prompt_segments(ex, S, free)
         dev = next(self.model.parameters()).device
-        x = x.to(dev)
         steps = -(-horizon // S)
-        bb, head, embed = self.model.backbone, self.model.heads["forecast"], self.model.adapters["segment"]
         if T + steps > self.model.args.block_size:
             raise ValueError(f"horizon {horizon} needs {T + steps} segments but the model's context is "
                              f"{self.model.args.block_size}")
+        if self.time_encoder is not None:  # (B, T + steps, Dt): stamps of the context and the rollout
+            enc = self.time_encoder
+            tf = torch.stack([enc.segments(*st, len(s) - T * S, T + steps, S) if st else
+                              torch.zeros(T + steps, enc.dim) for s, st in zip(series, starts or [None] * len(series))])
+            x = torch.cat([x, tf[:, :T]], -1)
+        x = x.to(dev)
+        bb, head, embed = self.model.backbone, self.model.heads["forecast"], self.model.adapters["segment"]
         bb.setup_cache(x.shape[0], T + steps, device=dev)
         try:
             h = bb(embeds=embed(x), input_pos=torch.arange(T, device=dev))[:, -1]             # (B, D)
@@ -264,6 +321,8 @@ class Forecaster:
                 if k + 1 < steps:  # feed the median back as the next (fully observed) segment
                     med = head.median(h)
                     nxt = torch.cat([med, torch.ones_like(med)], -1)[:, None]               # (B, 1, 2S)
+                    if self.time_encoder is not None:
+                        nxt = torch.cat([nxt, tf[:, T + k:T + k + 1].to(dev)], -1)
                     h = bb(embeds=embed(nxt), input_pos=torch.tensor([T + k], device=dev))[:, -1]
         finally:
             bb.clear_cache()
@@ -313,6 +372,25 @@ def read_series_csv(path: str | Path, column: str) -> np.ndarray:
     except csv.Error as e:
         raise ValueError(f"{path}: malformed CSV ({e})") from None
     return as_series(vals, f"column {column!r}")
+
+
+def read_time_csv(path: str | Path, column: str) -> list[str]:
+    """The cells of a time column (as text) of a CSV with a header; ValueError if it is missing,
+    or if a cell does not parse as a date."""
+    import csv
+
+    import pandas as pd
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or column not in reader.fieldnames:
+            raise ValueError(f"{path}: no column {column!r}; the columns are {reader.fieldnames}")
+        cells = [(row.get(column) or "").strip() for row in reader]
+    try:
+        for c in (cells[0], cells[-1]):
+            pd.Timestamp(c)
+    except (ValueError, TypeError, IndexError):
+        raise ValueError(f"column {column!r} does not hold dates (e.g. {cells[0]!r})") from None
+    return cells
 
 
 def main(a):

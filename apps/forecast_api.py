@@ -1,6 +1,7 @@
 """The forecasting REST API: ``omniar serve-forecast [--host 127.0.0.1] [--port 8000]``.
 
-    POST /v1/forecast  {"series": [[...], ...], "horizon": 96, "quantiles": [0.1, 0.5, 0.9]}
+    POST /v1/forecast  {"series": [[...], ...], "horizon": 96, "quantiles": [0.1, 0.5, 0.9],
+                        "timestamps": ["2016-07-01 00:00", ...], "freq": "h"}
     GET  /health
     GET  /docs, /openapi.json   (FastAPI's own)
 
@@ -18,7 +19,7 @@ import math
 import anyio
 import numpy as np
 from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from apps.forecast import MAX_HORIZON, Forecaster
 
@@ -30,6 +31,11 @@ class ForecastRequest(BaseModel):
                                              description="one or more series; null = missing value")
     horizon: int = Field(ge=1, le=MAX_HORIZON)
     quantiles: list[float] = Field(default=[0.1, 0.5, 0.9], min_length=1, max_length=9)
+    timestamps: list[str | list[str] | None] | None = Field(
+        default=None, max_length=MAX_SERIES_PER_REQUEST,
+        description="per series: the time of its first point (with freq) or of every point; null = none. "
+                    "Used by models trained with timestamps, ignored by others")
+    freq: str | None = Field(default=None, max_length=16, description="pandas frequency alias, e.g. 'h', 'D', 'MS'")
 
     @field_validator("series")
     @classmethod
@@ -44,6 +50,28 @@ class ForecastRequest(BaseModel):
             if any(x is not None and not math.isfinite(x) for x in s):
                 raise ValueError(f"series {i} contains a non-finite number")
         return v
+
+    @field_validator("timestamps")
+    @classmethod
+    def _check_timestamps(cls, v):
+        for i, t in enumerate(v or []):
+            if isinstance(t, list) and len(t) > MAX_POINTS:
+                raise ValueError(f"timestamps {i} has {len(t)} entries; the limit is {MAX_POINTS}")
+        return v
+
+    @field_validator("freq")
+    @classmethod
+    def _check_freq(cls, v):
+        if v is not None:
+            from modalities.timeseries_time import parse_freq
+            parse_freq(v)
+        return v
+
+    @model_validator(mode="after")
+    def _one_timestamp_entry_per_series(self):
+        if self.timestamps is not None and len(self.timestamps) != len(self.series):
+            raise ValueError(f"timestamps has {len(self.timestamps)} entries for {len(self.series)} series")
+        return self
 
 
 class ForecastResponse(BaseModel):
@@ -75,7 +103,8 @@ def build_app(forecaster: Forecaster, max_waiting: int = 32, queue_timeout: floa
             waiting[0] -= 1
         try:  # the forecast itself runs in a worker thread; the event loop stays free
             out = await anyio.to_thread.run_sync(
-                lambda: forecaster.predict(series, req.horizon, quantiles=req.quantiles))
+                lambda: forecaster.predict(series, req.horizon, quantiles=req.quantiles,
+                                           timestamps=req.timestamps, freq=req.freq))
         except ValueError as e:
             raise HTTPException(422, str(e)) from None
         finally:

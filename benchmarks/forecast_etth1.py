@@ -8,7 +8,7 @@ et al. 2023), written here: moving-average trend/remainder decomposition, one li
 shared across channels, trained per horizon on the train split with early stopping on val.
 Anchors from the papers (not run here): AutoTimes (LLaMA-7B) 0.389 / 0.422, DLinear 0.426 / 0.444.
 
-    python -m benchmarks.forecast_etth1 [--model assets/forecast-etth1] [--stride 1]
+    python -m benchmarks.forecast_etth1 [--model [NAME=]FOLDER ...] [--stride 1] [--out NAME]
 
 Writes benchmarks/results/forecast_etth1.json.
 """
@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -92,7 +93,10 @@ def train_dlinear(train: list[np.ndarray], val: list[np.ndarray], H: int, epochs
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=str(ROOT / "assets" / "forecast-etth1"))
+    ap.add_argument("--model", action="append", metavar="[NAME=]FOLDER",
+                    help="forecaster(s) to score (repeatable); default ours=assets/forecast-etth1. Models "
+                         "trained with timestamps get each window's stamps")
+    ap.add_argument("--out", default="forecast_etth1", help="results name in benchmarks/results/")
     ap.add_argument("--stride", type=int, default=1, help="test-window stride (1 = the standard protocol)")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -101,22 +105,29 @@ def main(argv=None):
     train, val, test = parts["train"], parts["val"], parts["test"]
     # ours: one 720-step rollout per window; horizon H is scored on the first H points
     x720, _, k720 = windows(test, HORIZONS[0], a.stride, keys=True)  # every window with >= 96 targets
-    fc = Forecaster.from_pretrained(a.model)
-    t0 = time.perf_counter()
-    pred = np.concatenate([fc.predict(list(x720[i:i + 1024]), horizon=max(HORIZONS), quantiles=[0.5])[..., 0]
-                           for i in range(0, len(x720), 1024)])   # (the API takes 1024 series per call)
-    ours_s = time.perf_counter() - t0
-    rows, res = [], {"ours": {}, "dlinear": {}, "seasonal_naive": {}}
+    t_test = pd.Timestamp(parts["start"]["test"])
+    stamps = [f"{t_test + pd.Timedelta(hours=t - LOOKBACK)}" for _, t in k720]  # each context's first point
+    models = dict(m.split("=", 1) if "=" in m else ("ours", m)
+                  for m in (a.model or [str(ROOT / "assets" / "forecast-etth1")]))
+    preds, secs = {}, {}
+    for name, folder in models.items():
+        fc = Forecaster.from_pretrained(folder)
+        t0 = time.perf_counter()
+        preds[name] = np.concatenate([   # (the API takes 1024 series per call)
+            fc.predict(list(x720[i:i + 1024]), horizon=max(HORIZONS), quantiles=[0.5],
+                       timestamps=stamps[i:i + 1024], freq="h")[..., 0] for i in range(0, len(x720), 1024)])
+        secs[name] = time.perf_counter() - t0
+    rows, res = [], {**{n: {} for n in models}, "dlinear": {}, "seasonal_naive": {}}
     for H in HORIZONS:
         x, y, keys = windows(test, H, a.stride, keys=True)
         n = len(x)
         row = {k: i for i, k in enumerate(k720)}
-        p_ours = pred[[row[k] for k in keys], :H]             # the same windows, first H points
+        p_ours = {n: p[[row[k] for k in keys], :H] for n, p in preds.items()}  # the same windows, first H points
         p_naive = np.tile(x[:, -24:], (1, -(-H // 24)))[:, :H]
         dl = train_dlinear(train, val, H)
         with torch.no_grad():
             p_dl = dl(torch.tensor(x, dtype=torch.float32)).numpy()
-        for name, p in (("ours", p_ours), ("dlinear", p_dl), ("seasonal_naive", p_naive)):
+        for name, p in (*p_ours.items(), ("dlinear", p_dl), ("seasonal_naive", p_naive)):
             mse, mae = float(((p - y) ** 2).mean()), float(np.abs(p - y).mean())
             res[name][H] = {"mse": mse, "mae": mae, "windows": n}
             rows.append({"method": name, "horizon": H, "mse": mse, "mae": mae, "windows": n})
@@ -125,10 +136,11 @@ def main(argv=None):
         res[name]["avg"] = avg
         rows.append({"method": name, "horizon": "avg", **avg})
     common.print_table(rows, ["method", "horizon", "mse", "mae", "windows"])
-    print(f"ours: {len(x720)} windows x 720 points in {ours_s:.1f} s "
-          f"({len(x720) / ours_s:.0f} forecasts/s). Anchors: AutoTimes 0.389/0.422, DLinear (paper) 0.426/0.444")
-    path = common.write_result("forecast_etth1", {"stride": a.stride, "results": res, "ours_seconds": ours_s,
-                                                  "model": a.model, "anchors": {"autotimes": [0.389, 0.422],
+    for n, sec in secs.items():
+        print(f"{n}: {len(x720)} windows x 720 points in {sec:.1f} s ({len(x720) / sec:.0f} forecasts/s)")
+    print("Anchors: AutoTimes 0.389/0.422, DLinear (paper) 0.426/0.444")
+    path = common.write_result(a.out, {"stride": a.stride, "results": res, "seconds": secs,
+                                                  "models": models, "anchors": {"autotimes": [0.389, 0.422],
                                                                                 "dlinear_paper": [0.426, 0.444]}})
     print(f"wrote {path}")
 

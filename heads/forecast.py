@@ -14,16 +14,28 @@ DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class SegmentEmbed(nn.Module):
-    """(B, T, 2S) segment tokens (values, observed-flags) -> (B, T, D) backbone embeddings."""
+    """(B, T, 2S [+ Dt]) segment tokens (values, observed-flags [, timestamp embedding]) ->
+    (B, T, D) backbone embeddings.
 
-    def __init__(self, seg_len: int, dim: int, hidden: int | None = None):
+    With ``time_dim`` the last Dt features are a text embedding of the segment's timestamps
+    (modalities/timeseries_time), added through a linear map times a learned scale that starts
+    at 0 (AutoTimes' timestamps as positions; at step 0 the model equals one without them).
+    An all-zero timestamp vector means "no timestamps" and adds nothing."""
+
+    def __init__(self, seg_len: int, dim: int, hidden: int | None = None, time_dim: int = 0):
         super().__init__()
-        self.seg_len = seg_len
+        self.seg_len, self.time_dim = seg_len, time_dim
         hidden = hidden or 2 * dim
         self.net = nn.Sequential(nn.Linear(2 * seg_len, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        if time_dim:
+            self.time_proj = nn.Linear(time_dim, dim, bias=False)
+            self.time_scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)
+        e = self.net(x[..., :2 * self.seg_len])                         # (B, T, D)
+        if self.time_dim:
+            e = e + self.time_scale * self.time_proj(x[..., 2 * self.seg_len:])
+        return e
 
 
 class QuantileHead(nn.Module):

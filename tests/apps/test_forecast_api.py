@@ -61,6 +61,9 @@ def test_health_docs_and_a_forecast(server):
     assert code == 200, body
     f = np.array(body["forecast"])
     assert f.shape == (2, 30, 3) and np.isfinite(f).all() and (np.diff(f, axis=-1) >= 0).all()
+    code, body = post(server, {"series": [x, x[-40:]], "horizon": 30, "timestamps": ["2020-01-01 00:00", None],
+                               "freq": "h"})
+    assert code == 200 and np.array(body["forecast"]).shape == (2, 30, 3), body
 
 
 @pytest.mark.parametrize("body, code, msg", [
@@ -74,6 +77,8 @@ def test_health_docs_and_a_forecast(server):
     ({"series": [[1, 2]] * 257, "horizon": 5}, 422, "at most 256"),
     ({"series": [[1, 2]], "horizon": 5, "quantiles": [0.33]}, 422, "quantile"),
     ({"series": [[1, 2]], "horizon": 2000}, 422, "context"),
+    ({"series": [[1, 2]], "horizon": 5, "freq": "fortnightly"}, 422, "unknown frequency"),
+    ({"series": [[1, 2]], "horizon": 5, "timestamps": ["2020-01-01", None]}, 422, "2 entries for 1 series"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, body, code, msg):
     got, detail = post(server, body)

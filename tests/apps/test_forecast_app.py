@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from apps.forecast import Forecaster
-from apps.forecast_app import csv_columns, make_forecast_fn
+from apps.forecast_app import csv_columns, make_forecast_fn, time_columns
 
 
 
@@ -16,9 +16,10 @@ def run():
 
 @pytest.fixture
 def series_csv(tmp_path):
-    t = np.arange(800)
-    lines = ["date,load,OT"] + [f"2020-01-01 {i % 24:02d}:00,{np.cos(i / 5):.3f},{10 + 3 * np.sin(2 * np.pi * i / 24):.3f}"
-                                 for i in t]
+    import pandas as pd
+    dates = pd.date_range("2020-01-01", periods=800, freq="h")
+    lines = ["date,load,OT"] + [f"{d:%Y-%m-%d %H:%M},{np.cos(i / 5):.3f},{10 + 3 * np.sin(2 * np.pi * i / 24):.3f}"
+                                 for i, d in enumerate(dates)]
     p = tmp_path / "series.csv"
     p.write_text("\n".join(lines) + "\n")
     return str(p)
@@ -30,7 +31,20 @@ def test_handler_plots_and_writes_the_forecast(run, series_csv):
     lines = open(path).read().splitlines()
     assert lines[0] == "step,q0.1,q0.5,q0.9" and len(lines) == 49
     assert "48 steps" in info
-    assert csv_columns(series_csv) == ["load", "OT"]
+    assert csv_columns(series_csv) == ["load", "OT"] and time_columns(series_csv) == ["date"]
+
+
+def test_time_column_dates_the_forecast(run, series_csv, tmp_path):
+    import gradio as gr
+    img, path, info = run(series_csv, "OT", 5, "date")
+    lines = open(path).read().splitlines()
+    assert lines[0] == "time,q0.1,q0.5,q0.9" and lines[1].startswith("2020-02-03 08:00:00,") and len(lines) == 6
+    text = open(series_csv).read().splitlines()
+    (tmp_path / "gaps.csv").write_text("\n".join(text[:10] + text[12:14] + text[40:]) + "\n")  # uneven steps
+    with pytest.raises(gr.Error, match="not evenly spaced"):
+        run(str(tmp_path / "gaps.csv"), "OT", 5, "date")
+    with pytest.raises(gr.Error, match="does not hold dates"):
+        run(series_csv, "OT", 5, "load")
 
 
 def test_bad_input_is_a_clear_error(run, series_csv, tmp_path):
@@ -57,6 +71,7 @@ def test_browser_upload_and_forecast(page, series_csv):
     from playwright.sync_api import expect
     page.locator("#fc-file input[type=file]").set_input_files(series_csv)
     expect(page.locator("#fc-column input")).to_have_value("OT", timeout=30_000)
+    expect(page.locator("#fc-time input")).to_have_value("date", timeout=10_000)
     page.get_by_role("button", name="Forecast", exact=True).click()
     expect(page.locator("#fc-plot img")).to_be_visible(timeout=60_000)
     expect(page.locator("#fc-info")).to_contain_text("96 steps", timeout=10_000)
