@@ -21,6 +21,10 @@ def _train(a):
     if a.task == "forecast":
         from apps import forecast as recipe
         cfg = train_text.load_config(a.config, required=("model", "train", "seg_len"))
+    elif a.task == "forecast-bins":
+        from apps import forecast_bins as recipe
+        cfg = train_text.load_config(a.config, required=("data", "model", "train", "context_length",
+                                                         "prediction_length"))
     elif a.task == "draft-head":
         from apps import train_draft as recipe
         cfg = recipe.load_config(a.config)
@@ -121,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast"],
+    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast", "forecast-bins"],
                    help="crystal: a CIF language model (CrystaLLM); draft-head: a speculative draft head "
                         "on a trained model (Chimera/EAGLE)")
     t.add_argument("--config", required=True)

@@ -81,7 +81,7 @@ class SeriesTask:
         w = np.full((T + 1) * S, np.nan)
         a, b = max(start, 0), min(start + (T + 1) * S, len(s))
         w[a - start:b - start] = s[a:b]
-        return w
+        return w, s, start
 
     def _draw(self, g: np.random.Generator, pool: list[np.ndarray] | None) -> tuple[np.ndarray, list | None, tuple]:
         """(raw window, the pool it came from, (series, first index)); None, None for TSMixup."""
@@ -403,7 +403,7 @@ def main(a):
         qs = [float(q) for q in a.quantiles.split(",")]
     except ValueError:
         raise ValueError(f"--quantiles takes comma-separated numbers such as 0.1,0.5,0.9, got {a.quantiles!r}") from None
-    pred = Forecaster.from_pretrained(a.model).predict(x, a.horizon, quantiles=qs)[0]     # (H, q)
+    pred = load_forecaster(a.model).predict(x, a.horizon, quantiles=qs)[0]              # (H, q)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("w") as f:
         f.write("step," + ",".join(f"q{q:g}" for q in qs) + "\n")
