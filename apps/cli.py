@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--column", required=True, help="the value column, e.g. OT")
     f.add_argument("--horizon", type=int, default=96)
     f.add_argument("--quantiles", default="0.1,0.5,0.9", help="comma-separated (default %(default)s)")
-    f.add_argument("--model", default="assets/forecast-etth1")
+    f.add_argument("--model", default="assets/forecast-zeroshot")
     f.add_argument("-o", "--out", default="forecast.csv")
     f.add_argument("--force", action="store_true", help="overwrite --out")
     f.set_defaults(fn=_forecast)
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.set_defaults(fn=_finetune_forecast)
 
     sf = sub.add_parser("serve-forecast", help="the forecasting REST API (FastAPI; POST /v1/forecast)")
-    sf.add_argument("--model", default="assets/forecast-etth1")
+    sf.add_argument("--model", default="assets/forecast-zeroshot")
     sf.add_argument("--host", default="127.0.0.1")
     sf.add_argument("--port", type=int, default=8000)
     sf.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")

@@ -116,7 +116,7 @@ def build_app(forecaster: Forecaster, max_waiting: int = 32, queue_timeout: floa
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="omniar serve-forecast", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="assets/forecast-etth1")
+    ap.add_argument("--model", default="assets/forecast-zeroshot")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")

@@ -3,7 +3,7 @@ history with the median forecast and its 10-90% band, and download the forecast 
 time column the plot is over dates, the CSV gets a time column, and models trained with
 timestamps (AutoTimes' timestamps as positions) get them.
 
-    python -m apps.forecast_app --model assets/forecast-etth1 [--host 127.0.0.1] [--port 7860]
+    python -m apps.forecast_app --model assets/forecast-zeroshot [--host 127.0.0.1] [--port 7860]
 
 ``build_demo(forecaster)`` does no work until an event fires. A malformed, binary, huge or
 non-numeric upload, an unknown column or a bad horizon ends as a ``gr.Error`` with a plain
@@ -25,8 +25,8 @@ import numpy as np
 
 from apps.serving import check_checkpoint, serve, user_errors
 
-DEFAULT_MODEL = "assets/forecast-etth1"
-TRAIN_COMMAND = "omniar train forecast --config configs/forecast_etth1.yaml"
+DEFAULT_MODEL = "assets/forecast-zeroshot"
+TRAIN_COMMAND = "omniar train forecast --config configs/forecast_zeroshot.yaml"
 MAX_UPLOAD_BYTES = 20 << 20
 SHOW_HISTORY = 500  # points of history drawn before the forecast
 NO_TIME = "(none)"
