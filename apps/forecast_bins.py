@@ -67,12 +67,6 @@ class BinSeriesTask(SeriesTask):
                          context_segments=context_len, mix=mix, short_history=short_history, mixup=mixup)
         self.tok, self.H = tokenizer, pred_len
 
-    def _window(self, pool: list[np.ndarray], g: np.random.Generator) -> tuple:
-        # SeriesTask's short-history branch returns the bare window, the other branch
-        # (window, series, start); accept both until that is fixed there
-        out = super()._window(pool, g)
-        return out if isinstance(out, tuple) else (out, None, 0)
-
     def _ids(self, g: np.random.Generator, n: int, pool: list[np.ndarray] | None = None) -> Tensor:
         """(n, C + H) token rows: C context points (with injected gaps), then H target points."""
         C = self.C
