@@ -5,6 +5,7 @@ finished model is written to ``out`` with its tokenizer and the exact command in
 """
 from __future__ import annotations
 
+import copy
 import glob
 import re
 import shlex
@@ -77,13 +78,34 @@ def load_config(path: str | Path, required=("data", "model", "train")) -> dict:
 
 
 def build_text_model(cfg: dict, vocab_size: int, meta: dict | None = None) -> OmniModel:
+    """The recipe's model: a preset with ``args`` overrides, or (``init_from``) the architecture
+    and weights of an existing checkpoint, to fine-tune it. ``emo: true`` gives the LM head the
+    EMO loss, its transport cost frozen from the starting weights (heads/lm.py)."""
     m = dict(cfg["model"])
-    args = ModelArgs.from_name(m.pop("preset", "mini"), vocab_size=vocab_size, **m.pop("args", {}))
-    tie = m.pop("tie_embeddings", True)
-    if m:
-        raise ValueError(f"unknown model settings {sorted(m)}")
-    return OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab_size, tie=tie)},
-                           meta=meta or {})
+    init_from, emo = m.pop("init_from", None), bool(m.pop("emo", False))
+    obj_args = {"prefix_lm": True} if cfg.get("objective", {}).get("prefix_lm") else {}
+    if init_from:
+        src = OmniModel.from_pretrained(resolve(init_from))
+        if src.heads["lm"].vocab_size != vocab_size:
+            raise ValueError(f"{init_from} has a vocabulary of {src.heads['lm'].vocab_size}, the recipe {vocab_size}")
+        config = copy.deepcopy(src.config)
+        config["heads"]["lm"]["kwargs"]["emo"] = emo
+        config["backbone"].update(obj_args)
+        config["meta"] = {**(meta or {}), "init_from": str(init_from)}
+        model = OmniModel(config)
+        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        if unexpected or set(missing) - {"heads.lm.cost_embedding", "heads.lm.proj.weight"}:
+            raise ValueError(f"{init_from} does not match: missing {missing}, unexpected {unexpected}")
+    else:
+        args = ModelArgs.from_name(m.pop("preset", "mini"), vocab_size=vocab_size, **{**m.pop("args", {}), **obj_args})
+        tie = m.pop("tie_embeddings", True)
+        if m:
+            raise ValueError(f"unknown model settings {sorted(m)}")
+        model = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab_size, tie=tie, emo=emo)},
+                                meta=meta or {})
+    if emo:
+        model.heads["lm"].freeze_cost_embedding()
+    return model
 
 
 def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "cpu",
@@ -93,6 +115,8 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     text = read_corpus(data)
     split = split_point(text, data)
     tk = cfg.get("tokenizer", {"kind": "char"})
+    if cfg["model"].get("init_from") and "from" not in tk:  # fine-tuning keeps the model's own tokenizer
+        tk = {"from": cfg["model"]["init_from"]}
     if "from" in tk:  # reuse another checkpoint's tokenizer (a draft model must share the big one's ids)
         from modalities.text import load_tokenizer
         tokenizer = load_tokenizer(resolve(tk["from"]))
@@ -104,10 +128,17 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     tcfg = TrainConfig.from_dict({**cfg["train"], **(overrides or {})})
     torch.manual_seed(tcfg.seed)
     command = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "train" in sys.argv else None
-    model = build_text_model(cfg, tokenizer.vocab_size, meta={
+    objective = cfg.get("objective", {})
+    mask_id = tokenizer.vocab_size if objective.get("meap") else None  # MEAP's [MASK]: one id past the tokenizer's
+    vocab = tokenizer.vocab_size + (mask_id is not None)
+    if cfg["model"].get("init_from"):
+        vocab = OmniModel.from_pretrained(resolve(cfg["model"]["init_from"])).heads["lm"].vocab_size
+    model = build_text_model(cfg, vocab, meta={
         "task": cfg.get("task", "text"), "tokenizer": tokenizer.kind, "data": data["path"],
         "data_format": data.get("format", "plain"), "props": data.get("props", False),
-        "train_command": command, "train_fraction": data.get("train_fraction", 0.9)})
+        "train_command": command, "train_fraction": data.get("train_fraction", 0.9),
+        **({"objective": objective} if objective else {}),
+        **({"mask_token_id": mask_id} if mask_id is not None else {})})
     block = model.args.block_size
     start = tokenizer.token_id("data_") if tokenizer.kind == "cif" else None
     if tokenizer.kind == "cif":  # the generator refuses prompts for larger cells than it has seen
@@ -115,7 +146,8 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
         model.config["meta"]["max_atoms"] = max(
             int(parse_composition(f).num_atoms) for f in re.findall(r"^data_(\S+)$", text[:split], re.M))
     task = TextLMTask(train_ids, val_ids, block, tcfg.batch_size, cfg.get("eval", {}).get("batches", 20),
-                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed, start_token=start)
+                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed, start_token=start,
+                      objective=objective, mask_id=mask_id)
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
     if out and int(__import__("os").environ.get("RANK", "0")) == 0:
         model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}

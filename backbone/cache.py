@@ -13,12 +13,15 @@ class KVCache(nn.Module):
     """
 
     def __init__(self, max_batch: int, n_kv_head: int, max_seq: int, head_dim: int,
-                 dtype=torch.float32, device=None, static: bool = False):
+                 dtype=torch.float32, device=None, static: bool = False, raw_dim: int = 0):
         super().__init__()
         self.static = static  # always return all max_seq slots (fixed shapes for torch.compile)
         shape = (max_batch, n_kv_head, max_seq, head_dim)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v_cache", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        # Primer's causal conv needs the pre-conv q/k/v projections of earlier slots: (B, max_seq, C)
+        self.register_buffer("raw", torch.zeros(max_batch, max_seq, raw_dim, dtype=dtype, device=device)
+                             if raw_dim else None, persistent=False)
 
     @property
     def max_seq(self) -> int:
@@ -48,3 +51,14 @@ class KVCache(nn.Module):
             return kc, vc
         S = int(input_pos.max()) + 1 if upto is None else upto
         return kc[:, :, :S], vc[:, :, :S]
+
+    def update_raw(self, input_pos: Tensor, u: Tensor) -> Tensor:
+        """Write pre-conv projections u (B, T, C) at slots input_pos ((T,) or (B, T)); return
+        the (B, S, C) buffer of every slot so far (all max_seq slots for a static cache)."""
+        B = u.shape[0]
+        rc = self.raw[:B]
+        if input_pos.dim() == 2:
+            rc.scatter_(1, input_pos[..., None].expand(-1, -1, rc.shape[2]), u.to(rc.dtype))
+        else:
+            rc.index_copy_(1, input_pos, u.to(rc.dtype))
+        return rc if self.static else rc[:, :int(input_pos.max()) + 1]

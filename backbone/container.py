@@ -68,7 +68,7 @@ class OmniModel(nn.Module):
 
     def forward(self, input_ids: Tensor | None = None, targets: dict | None = None,
                 loss_weights: dict[str, float] | None = None, adapter_inputs: dict | None = None,
-                **backbone_kwargs):
+                scheduled_sampling: float = 0.0, **backbone_kwargs):
         """Backbone forward, plus the weighted sum of head losses when ``targets`` is given.
 
         adapter_inputs: {adapter_name: raw input} for continuous modalities; the adapter turns
@@ -77,8 +77,17 @@ class OmniModel(nn.Module):
         targets: {head_name: target} where target is either (B, T) for heads that score every
             position (LM: -100 = ignore), or a pair (select (B, T) bool, target (N, ...)) for heads
             that predict at selected positions only (image patches, series segments).
+        scheduled_sampling: probability p of replacing each input token (after the first) by
+            the model's own sample for it, drawn in a first, gradient-free pass over the clean
+            input (batch-scheduled sampling, Cen et al. 2024 "Bridging the Training-Inference
+            Gap in LLMs by Leveraging Self-Generated Tokens"; Bengio et al. 2015). Targets stay
+            the ground truth. Needs token input and an "lm" head.
+        A mixture-of-experts backbone adds its load-balancing loss as "moe_aux" (training only,
+            weight ``moe_aux_weight``).
         Returns h (B, T, D) without targets, else (loss scalar, {head_name: loss}).
         """
+        if scheduled_sampling > 0 and self.training:
+            input_ids = self.mix_own_samples(input_ids, scheduled_sampling, backbone_kwargs)
         if adapter_inputs:
             if len(adapter_inputs) != 1:
                 raise ValueError("give one adapter input per call")
@@ -97,9 +106,30 @@ class OmniModel(nn.Module):
                 losses[name] = head.loss(h, tgt, self.backbone.tok_embeddings, self.heads[head.distills])
             else:
                 losses[name] = self.heads[name].loss(h, tgt)
-        w = loss_weights or {}
+        w = dict(loss_weights or {})
+        if self.training and self.args.n_experts:
+            aux = [layer.mlp.aux_loss for layer in self.backbone.layers if layer.mlp.aux_loss is not None]
+            if aux:
+                losses["moe_aux"] = torch.stack(aux).mean()
+                w.setdefault("moe_aux", self.args.moe_aux_weight)
         total = sum(w.get(n, 1.0) * l for n, l in losses.items())
         return total, losses
+
+    @torch.no_grad()
+    def mix_own_samples(self, input_ids: Tensor, p: float, backbone_kwargs: dict, head: str = "lm") -> Tensor:
+        """(B, T) ids -> (B, T) ids where each token t >= 1 is, with probability p, replaced by a
+        sample from the model's prediction at t-1 (made from the clean prefix, temperature 1)."""
+        if input_ids is None or head not in self.heads:
+            raise ValueError("scheduled sampling needs token input_ids and an 'lm' head")
+        was = self.training
+        self.eval()  # the proposal pass: no dropout, no MoE aux bookkeeping
+        logits = self.heads[head](self.backbone(input_ids=input_ids, **backbone_kwargs)[:, :-1]).float()
+        self.train(was)
+        own = torch.multinomial(logits.softmax(-1).flatten(0, 1), 1).view_as(input_ids[:, 1:])  # (B, T-1)
+        swap = torch.rand(own.shape, device=own.device) < p
+        mixed = input_ids.clone()
+        mixed[:, 1:] = torch.where(swap, own, input_ids[:, 1:])
+        return mixed
 
     # ---- checkpoint I/O (safetensors only; nothing is unpickled) -------------------------------
     def save_pretrained(self, folder: str | os.PathLike, tokenizer=None) -> Path:

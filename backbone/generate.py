@@ -58,13 +58,16 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, P)
     input_pos = torch.arange(P, device=dev)
     key_valid, mask = None, None
+    bidirectional = model.args.prefix_lm  # non-causal decoder: the prompt is the prefix
     if padded:
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
         key_valid[:, :P] = attention_mask.bool()
-    if padded or static:
+    if padded or static or bidirectional:
         S = max_seq if static else P
-        mask = build_mask(input_pos, torch.arange(S, device=dev),
-                          None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
+        block_q, block_k = input_pos, torch.arange(S, device=dev)
+        if bidirectional:  # every prompt slot is block 0; (static) unwritten slots stay hidden
+            block_q, block_k = torch.zeros_like(input_pos), (block_k >= P).long()
+        mask = build_mask(block_q, block_k, None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
     h = bb(input_ids=input_ids, positions=positions, mask=mask, input_pos=input_pos)  # (B, P, D)
     state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P, static=static)
     return h[:, -1], state
@@ -143,6 +146,8 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
       * ``skip``: early exit or FFN skipping per decoded token (backbone/skip.py; inexact).
     """
     params.validate()
+    if model.args.prefix_lm and (params.penalty_alpha > 0 or drafter is not None):
+        raise ValueError("a prefix-LM model decodes with plain sampling only (no drafting or contrastive search)")
     if params.penalty_alpha > 0 or drafter is not None:
         if skip is not None or (compile and drafter is None):
             raise ValueError("layer skipping applies to plain decoding, compile to plain and drafted decoding")

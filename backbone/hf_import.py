@@ -141,6 +141,8 @@ def hf_config_to_args(cfg: dict) -> ModelArgs:
 def args_to_hf_config(args: ModelArgs, model_type: str, tie: bool) -> dict:
     """Inverse of ``hf_config_to_args`` for a model whose shape the HF family can express."""
     a = args
+    if a.qkv_conv or a.n_experts or a.prefix_lm:
+        raise ValueError("Primer's qkv_conv, mixture-of-experts and prefix_lm models have no HF equivalent to export to")
     if model_type == "gpt2":
         ok = (a.norm == "layernorm" and a.mlp in ("gelu", "gelu_tanh") and a.pos == "learned"
               and a.qkv_bias and a.out_bias and a.mlp_bias and a.n_kv_head == a.n_head

@@ -45,7 +45,7 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     weight_decay: float = 0.1
-    optimizer: str = "adamw"      # "adamw" | "muon" (Muon for hidden matrices, AdamW for the rest)
+    optimizer: str = "adamw"      # "adamw" | "muon" (Muon for hidden matrices, AdamW for the rest) | "lion"
     muon_lr_mult: float = 1.0     # Muon lr = lr * this (updates are RMS-matched to AdamW's)
     beta1: float = 0.9
     beta2: float = 0.95
@@ -87,15 +87,25 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
     ``optimizer: muon`` gives the hidden matrices of the transformer blocks to Muon (Jordan et
     al. 2024, orthogonalised momentum; torch.optim.Muon) with AdamW-matched update RMS, and keeps
     AdamW for embeddings, heads, norms and biases, as modded-nanogpt does.
+
+    ``optimizer: lion`` uses Lion (Chen et al. 2023, sign of an interpolated momentum; the
+    lion-pytorch package) for everything, with the same decay groups. Its update has the size
+    of lr in every coordinate, so the paper advises an lr 3-10x smaller than AdamW's and a
+    weight decay 3-10x larger; beta1/beta2 are Lion's (paper: 0.9, 0.99).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if cfg.optimizer not in ("adamw", "muon"):
-        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adamw' or 'muon'")
-    is_hidden = lambda n, p: cfg.optimizer == "muon" and p.dim() == 2 and ".layers." in f".{n}"  # noqa: E731
+    if cfg.optimizer not in ("adamw", "muon", "lion"):
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; choose 'adamw', 'muon' or 'lion'")
+    # Primer's conv taps (K, C) and an MoE router are 2-D but not hidden matrices: AdamW for those
+    is_hidden = lambda n, p: (cfg.optimizer == "muon" and p.dim() == 2 and ".layers." in f".{n}"  # noqa: E731
+                              and not n.endswith((".conv", ".router.weight")))
     hidden = [p for n, p in named if is_hidden(n, p)]
     rest = [p for n, p in named if not is_hidden(n, p)]
     groups = [{"params": [p for p in rest if p.dim() >= 2], "weight_decay": cfg.weight_decay},
               {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+    if cfg.optimizer == "lion":
+        from lion_pytorch import Lion
+        return [Lion(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))]
     # the fused kernel (CPU and CUDA) saves a few % per step on small models; DTensor (FSDP) params
     # take the default foreach path
     fused = all(type(p) is torch.nn.Parameter and p.dtype in (torch.float32, torch.bfloat16) for p in rest)

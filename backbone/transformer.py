@@ -6,8 +6,10 @@ which modality it is looking at.
 
 Defaults follow the Llama family (RMSNorm, RoPE, grouped-query attention, SwiGLU);
 switches cover GPT-2 (LayerNorm, learned positions, GELU, biases) so that both families
-of checkpoints load into this one file (backbone/hf_import.py), and Primer's squared ReLU
-(So et al. 2021) as an MLP option.
+of checkpoints load into this one file (backbone/hf_import.py). Ablation switches (issue 8):
+Primer's squared ReLU and causal depthwise Q/K/V convolution (So et al. 2021), AdaMoE's
+mixture of experts with null experts (backbone/moe.py), and the non-causal prefix decoder
+(``prefix_lm``: the prompt attends bidirectionally; Wang et al. 2022).
 """
 from __future__ import annotations
 
@@ -46,6 +48,13 @@ class ModelArgs:
     out_bias: bool = False                # GPT-2
     mlp_bias: bool = False                # GPT-2
     dropout: float = 0.0
+    qkv_conv: int = 0                     # Primer-EZ: causal depthwise conv of this width after Q, K, V (0 = off; paper: 3)
+    n_experts: int = 0                    # AdaMoE: real experts per MLP (0 = dense MLP)
+    n_null_experts: int = 0               # AdaMoE: null experts (output 0, cost no FLOPs)
+    experts_per_tok: int = 2              # top-k over real + null experts
+    moe_intermediate_size: int | None = None  # hidden size of one expert (default: intermediate_size)
+    moe_aux_weight: float = 0.01          # load-balancing loss weight (Switch/AdaMoE)
+    prefix_lm: bool = False               # non-causal decoder: prompts are encoded bidirectionally
     extra: dict = field(default_factory=dict)  # free-form notes carried in config.json
 
     def __post_init__(self):
@@ -58,6 +67,12 @@ class ModelArgs:
                                       if self.mlp == "swiglu" else 4 * self.dim)
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        if self.n_experts and not (1 <= self.experts_per_tok <= self.n_experts + self.n_null_experts):
+            raise ValueError(f"experts_per_tok={self.experts_per_tok} must be in [1, n_experts + n_null_experts]")
+        if self.n_null_experts and not self.n_experts:
+            raise ValueError("n_null_experts needs n_experts > 0 (a mixture of experts)")
+        if self.qkv_conv < 0:
+            raise ValueError(f"qkv_conv must be >= 0 (0 = off), got {self.qkv_conv}")
         for name, val, allowed in [("norm", self.norm, NORMS), ("mlp", self.mlp, MLPS), ("pos", self.pos, ("rope", "learned"))]:
             if val not in allowed:
                 raise ValueError(f"unknown {name}={val!r}; choose one of {list(allowed)}")
@@ -138,11 +153,40 @@ class Attention(nn.Module):
         self.wo = nn.Linear(args.n_head * args.head_dim, args.dim, bias=args.out_bias)
         self.dropout = args.dropout
         self.kv_cache: KVCache | None = None
+        if args.qkv_conv:  # Primer: one 1-D kernel per channel of q, k and v; starts as identity
+            taps = torch.zeros(args.qkv_conv, (args.n_head + 2 * args.n_kv_head) * args.head_dim)
+            taps[0] = 1.0
+            self.conv = nn.Parameter(taps)  # (K, C): tap j multiplies the projection of token t-j
+
+    def causal_conv(self, u: Tensor, positions: Tensor, input_pos: Tensor | None) -> Tensor:
+        """Primer's depthwise convolution over time, causal. u (B, T, C) -> (B, T, C).
+
+        Tap j reads token t-j only when position[t] >= j, so it never crosses a window start,
+        left padding or a packed document boundary. With a KV cache the raw projections are
+        cached too (KVCache.raw), so prefill, decoding and rollback give the same result as a
+        full forward pass."""
+        K, T = self.conv.shape[0], u.shape[1]
+        pos = positions if positions.dim() == 2 else positions.unsqueeze(0)            # (B|1, T)
+        if self.kv_cache is not None and input_pos is not None:
+            raw = self.kv_cache.update_raw(input_pos, u)                               # (B, S, C)
+            slots = input_pos if input_pos.dim() == 2 else input_pos.unsqueeze(0).expand(u.shape[0], -1)
+            taps = [raw.gather(1, (slots - j).clamp(min=0)[..., None].expand(-1, -1, u.shape[2]))
+                    for j in range(K)]                                                 # K x (B, T, C)
+        else:
+            padded = F.pad(u, (0, 0, K - 1, 0))                                        # (B, T+K-1, C)
+            taps = [padded[:, K - 1 - j:K - 1 - j + T] for j in range(K)]
+        y = taps[0] * self.conv[0]
+        for j in range(1, K):
+            y = y + taps[j] * (self.conv[j] * (pos >= j).unsqueeze(-1).to(u.dtype))
+        return y
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
-                input_pos: Tensor | None) -> Tensor:
+                input_pos: Tensor | None, positions: Tensor | None = None) -> Tensor:
         B, T, _ = x.shape
-        qkv = self.wqkv(x).view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
+        qkv = self.wqkv(x)                                                              # (B, T, C)
+        if hasattr(self, "conv"):
+            qkv = self.causal_conv(qkv, positions, input_pos)
+        qkv = qkv.view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
         qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # (B, nh+nkv, T, hs), (B, nkv, T, hs)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k rotated in one go
@@ -157,12 +201,13 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, args: ModelArgs):
+    def __init__(self, args: ModelArgs, hidden: int | None = None):
         super().__init__()
         self.kind = args.mlp
-        n_in = 2 * args.intermediate_size if args.mlp == "swiglu" else args.intermediate_size
+        hidden = hidden or args.intermediate_size
+        n_in = 2 * hidden if args.mlp == "swiglu" else hidden
         self.w_in = nn.Linear(args.dim, n_in, bias=args.mlp_bias)   # SwiGLU: [gate; up] fused
-        self.w_out = nn.Linear(args.intermediate_size, args.dim, bias=args.mlp_bias)
+        self.w_out = nn.Linear(hidden, args.dim, bias=args.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.w_in(x)
@@ -181,11 +226,17 @@ class Block(nn.Module):
         super().__init__()
         Norm = NORMS[args.norm]
         self.attn_norm, self.mlp_norm = Norm(args.dim, eps=args.norm_eps), Norm(args.dim, eps=args.norm_eps)
-        self.attn, self.mlp = Attention(args), MLP(args)
+        self.attn = Attention(args)
+        if args.n_experts:
+            from .moe import MoE
+            self.mlp = MoE(args)
+        else:
+            self.mlp = MLP(args)
         self.drop = nn.Dropout(args.dropout)
 
-    def forward(self, x, rope, mask, input_pos, skip_mlp: bool = False, sims: list | None = None):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos))
+    def forward(self, x, rope, mask, input_pos, skip_mlp: bool = False, sims: list | None = None,
+                positions: Tensor | None = None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos, positions))
         if skip_mlp:  # FFN-SkipLLM: attention (and so the KV cache) always runs; only the FFN is skipped
             return x
         y = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -225,9 +276,11 @@ class Transformer(nn.Module):
         if max_seq > self.args.block_size and self.args.pos == "learned":
             raise ValueError(f"max_seq={max_seq} exceeds block_size={self.args.block_size}")
         p = self.tok_embeddings.weight
+        a = self.args
+        raw_dim = (a.n_head + 2 * a.n_kv_head) * a.head_dim if a.qkv_conv else 0  # Primer's conv input
         for layer in self.layers:
-            layer.attn.kv_cache = KVCache(max_batch, self.args.n_kv_head, max_seq, self.args.head_dim,
-                                          dtype or p.dtype, device or p.device, static)
+            layer.attn.kv_cache = KVCache(max_batch, a.n_kv_head, max_seq, a.head_dim,
+                                          dtype or p.dtype, device or p.device, static, raw_dim)
 
     def clear_cache(self):
         for layer in self.layers:
@@ -309,7 +362,7 @@ class Transformer(nn.Module):
             rope = (emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1))  # (B, 1, T, hs)
         x = self.drop(x)
         for i, layer in enumerate(self.layers if n_layers is None else self.layers[:n_layers]):
-            x = layer(x, rope, mask, input_pos, i in skip_mlp, mlp_sims)
+            x = layer(x, rope, mask, input_pos, i in skip_mlp, mlp_sims, positions=positions)
         return self.norm(x)
 
     def num_params(self, non_embedding: bool = True) -> int:

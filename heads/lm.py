@@ -13,13 +13,20 @@ class LMHead(nn.Module):
     """Linear map (D -> V). ``tie=True`` shares the weight with the backbone's token
     embedding (Press & Wolf 2017); the container does the tying after construction."""
 
-    def __init__(self, dim: int, vocab_size: int, tie: bool = True, bias: bool = False):
+    def __init__(self, dim: int, vocab_size: int, tie: bool = True, bias: bool = False, emo: bool = False):
         super().__init__()
-        self.tie, self.vocab_size = tie, vocab_size
+        self.tie, self.vocab_size, self.emo = tie, vocab_size, emo
         self.proj = nn.Linear(dim, vocab_size, bias=bias)
         nn.init.normal_(self.proj.weight, std=0.02)
         if bias:
             nn.init.zeros_(self.proj.bias)
+        if emo:  # EMO's transport cost comes from a frozen copy of the (pretrained) output embeddings
+            self.register_buffer("cost_embedding", torch.zeros(vocab_size, dim))
+
+    @torch.no_grad()
+    def freeze_cost_embedding(self):
+        """EMO: take the transport cost geometry from the current (pretrained) output weights."""
+        self.cost_embedding.copy_(self.proj.weight.detach())
 
     def forward(self, h: Tensor) -> Tensor:
         """h (..., D) -> logits (..., V)."""
@@ -28,8 +35,29 @@ class LMHead(nn.Module):
     def loss(self, h: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
         """Mean cross-entropy. h (N, D) or (B, T, D); target (N,) or (B, T), ignore_index masked."""
         logits = self(h)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
-                               ignore_index=ignore_index)
+        if not self.emo:
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1),
+                                   ignore_index=ignore_index)
+        return self.emo_loss(logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index)
+
+    def emo_loss(self, logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tensor:
+        """EMO (Ren et al. 2023, "EMO: Earth Mover Distance Optimization for Auto-Regressive
+        Language Modeling"), mixed with cross-entropy as the paper fine-tunes.
+
+        The earth mover distance from the model's distribution q to the one-hot target y, with
+        transport cost c(i, y) = 1 - cos(e_i, e_y) over frozen output embeddings e, reduces to
+        DEMD = sum_i q_i c(i, y) = 1 - cos-weighted mass. The loss is 0.5 (CE + w DEMD), where
+        w = min(CE / DEMD, 3) (no gradient) puts both terms on the same scale.
+        logits (N, V) float, target (N,) -> scalar.
+        """
+        valid = target != ignore_index
+        ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")   # (N,)
+        e = F.normalize(self.cost_embedding.float(), dim=-1)                                 # (V, D)
+        q = logits.softmax(-1)                                                               # (N, V)
+        demd = 1 - ((q @ e) * e[target.clamp(min=0)]).sum(-1)                               # (N,)
+        w = torch.clamp(ce / (demd + 1e-10), max=3.0).detach()
+        loss = 0.5 * (ce + w * demd)
+        return (loss * valid).sum() / valid.sum().clamp(min=1)
 
     @torch.no_grad()
     def sample(self, h: Tensor, params: SamplingParams | None = None,

@@ -206,18 +206,67 @@ def stream_text(model, tokenizer, prompt: str, params, head: str = "lm", **gener
 
 
 class TextLMTask:
-    """Next-token prediction on a token stream, in the trainer's task shape."""
+    """Next-token prediction on a token stream, in the trainer's task shape.
+
+    ``objective`` switches the training objective (issue 8 ablations; all off by default):
+      * ``prefix_lm: true``: a random prefix of each window (1..T-1 tokens) is attended
+        bidirectionally and not scored; the rest is next-token prediction (the non-causal
+        decoder of Wang et al. 2022). Needs a model built with ``prefix_lm: true``. Eval
+        windows use a prefix of half the window.
+      * ``meap: r``: replace a fraction r of the input tokens by ``mask_id`` while the targets
+        stay the true next tokens (MEAP, Zhuang et al. 2025).
+      * ``scheduled_sampling: {max_prob, ramp_steps}``: mix the model's own samples into the
+        input with a probability that grows linearly to max_prob over ramp_steps
+        (batch-scheduled sampling, Cen et al. 2024; see OmniModel.mix_own_samples).
+    """
+
+    OBJECTIVES = ("prefix_lm", "meap", "scheduled_sampling")
 
     def __init__(self, train_ids: Tensor, val_ids: Tensor, block_size: int, batch_size: int,
                  eval_batches: int = 20, eval_batch_size: int | None = None, seed: int = 0,
-                 start_token: int | None = None):
+                 start_token: int | None = None, objective: dict | None = None, mask_id: int | None = None):
         self.train = TokenStream(train_ids, block_size, seed, start_token)
         self.val = TokenStream(val_ids, block_size, seed + 1, start_token)
-        self.batch_size = batch_size
+        self.batch_size, self.seed = batch_size, seed
+        self.objective = dict(objective or {})
+        unknown = set(self.objective) - set(self.OBJECTIVES)
+        if unknown:
+            raise ValueError(f"unknown objective settings {sorted(unknown)}; known: {list(self.OBJECTIVES)}")
+        meap = self.objective.get("meap", 0)
+        if not (0 <= meap < 1):
+            raise ValueError(f"meap is the fraction of input tokens to mask, in [0, 1); got {meap}")
+        if meap and mask_id is None:
+            raise ValueError("meap needs a mask token id (the recipe adds one to the vocabulary)")
+        self.mask_id = mask_id
         self._eval = self.val.eval_batches(eval_batches, eval_batch_size or batch_size)
+        if self.objective.get("prefix_lm"):
+            self._eval = [self._prefix(b, torch.full((len(b["input_ids"]),), block_size // 2)) for b in self._eval]
+
+    @staticmethod
+    def _prefix(batch: dict, P: Tensor) -> dict:
+        """Bidirectional prefix of P (b,) tokens per row; targets inside the prefix are not scored
+        (position P-1 is: it predicts the first token after the prefix)."""
+        from backbone.masks import MaskSpec
+        y = batch["targets"]["lm"].clone()
+        y[torch.arange(y.shape[1])[None, :] < (P - 1)[:, None]] = -100
+        return {"input_ids": batch["input_ids"], "targets": {"lm": y}, "mask": MaskSpec(prefix_len=P)}
 
     def train_batch(self, step: int, micro: int, rows: slice) -> dict:
-        return self.train.batch(step, self.batch_size, micro, rows)
+        batch = self.train.batch(step, self.batch_size, micro, rows)
+        obj = self.objective
+        if not obj:
+            return batch
+        b, T = batch["input_ids"].shape
+        g = torch.Generator().manual_seed(_batch_seed(self.seed + 7919, step, micro))  # objective noise
+        if obj.get("meap"):
+            hide = torch.rand(b, T, generator=g) < obj["meap"]
+            batch["input_ids"] = batch["input_ids"].masked_fill(hide, self.mask_id)
+        if obj.get("prefix_lm"):
+            batch = self._prefix(batch, torch.randint(1, T, (b,), generator=g))
+        ss = obj.get("scheduled_sampling")
+        if ss:
+            batch["scheduled_sampling"] = float(ss["max_prob"]) * min(1.0, step / max(1, ss.get("ramp_steps", 1)))
+        return batch
 
     def eval_batches(self) -> list[dict]:
         return self._eval
