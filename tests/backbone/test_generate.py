@@ -186,3 +186,31 @@ def test_compiled_decode_gives_the_same_tokens(seed):
     model = build()
     p = SamplingParams(temperature=0, max_new_tokens=10)
     assert torch.equal(run(model, PROMPTS, p), run(model, PROMPTS, p, compile=True))
+
+
+def test_prefix_lm_model_reads_its_prompt_bidirectionally(make_tiny_lm):
+    """A non-causal decoder (prefix_lm) prefills the prompt with a bidirectional mask: greedy
+    generation (batched, left-padded) equals re-running the whole sequence with the prompt as
+    the prefix, and differs from the causal reading of the same weights."""
+    from backbone.masks import MaskSpec
+    model = make_tiny_lm(40, prefix_lm=True).eval()
+    causal = make_tiny_lm(40).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    causal.load_state_dict(model.state_dict())
+    prompts = [[1, 2, 3, 4, 5, 6], [9, 8]]
+    sp = SamplingParams(temperature=0, max_new_tokens=8)
+    batched = torch.stack(list(generate(model, prompts, sp)), 1)
+    for row, p in enumerate(prompts):
+        seq = list(p)
+        with torch.no_grad():
+            for _ in range(8):
+                h = model.backbone(input_ids=torch.tensor([seq]), mask=MaskSpec(prefix_len=len(p)))
+                seq.append(int(model.heads["lm"](h[0, -1]).argmax()))
+        assert batched[row].tolist() == seq[len(p):]
+    with torch.no_grad():
+        ids = torch.tensor([prompts[0]])
+        assert not torch.allclose(model.backbone(ids, mask=MaskSpec(prefix_len=6))[:, -1], causal.backbone(ids)[:, -1])
+    with pytest.raises(ValueError, match="prefix-LM"):
+        list(generate(model, prompts, SamplingParams(penalty_alpha=0.5, top_k=3, max_new_tokens=3)))

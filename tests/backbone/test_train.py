@@ -44,17 +44,27 @@ def test_lr_schedule_warmup_then_cosine():
     assert lr_at(110, cfg) == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+OBJECTIVE = {"meap": 0.2, "scheduled_sampling": {"max_prob": 0.5, "ramp_steps": 2}}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon", "lion", "adamw+objectives"])
 def test_resume_is_exact(tmp_path, optimizer):
-    full = tiny_config(tmp_path / "a", optimizer=optimizer)
+    optimizer, _, objectives = optimizer.partition("+")
+
+    def config(d, **kw):
+        cfg = tiny_config(d, optimizer=optimizer, **kw)
+        if objectives:  # MEAP masks and scheduled sampling's own samples must replay exactly too
+            cfg["objective"] = OBJECTIVE
+        return cfg
+    full = config(tmp_path / "a")
     _, m_full = train_text.run(full)
 
-    part = tiny_config(tmp_path / "b", stop_after=5, optimizer=optimizer)  # "killed" at step 5: last checkpoint is step 4
+    part = config(tmp_path / "b", stop_after=5)  # "killed" at step 5: last checkpoint is step 4
     train_text.run(part)
     assert latest_checkpoint(tmp_path / "b" / "run").name == "step_0000004"
     # a crash while writing leaves only a .tmp folder, which resume ignores
     (tmp_path / "b" / "run" / "ckpt" / "step_0000006.tmp").mkdir()
-    resumed = tiny_config(tmp_path / "b", optimizer=optimizer)
+    resumed = config(tmp_path / "b")
     _, m_res = train_text.run(resumed, resume=True)
 
     wa, wb = final_weights(tmp_path / "a" / "run"), final_weights(tmp_path / "b" / "run")
@@ -225,3 +235,32 @@ def test_diverged_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(FloatingPointError, match="loss became nan at step 1"):
         train(model, _FixedTask(32, 1), cfg)
     assert latest_checkpoint(tmp_path) is None  # nothing diverged was written
+
+
+def test_lion_update_is_plus_minus_lr_times_sign(tmp_path):
+    """Lion (Chen et al. 2023): with zero momentum and no weight decay, the first update of
+    every coordinate is exactly -lr * sign(grad); Muon-style hidden/other split does not apply."""
+    from backbone.train import make_optimizers
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    x = torch.randn(16, 8)
+    model(x).pow(2).sum().backward()
+    g = {n: p.grad.clone() for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opts = make_optimizers(model, TrainConfig(optimizer="lion", lr=1e-3, weight_decay=0.0))
+    assert len(opts) == 1 and type(opts[0]).__name__ == "Lion"
+    opts[0].step()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.detach() - before[n], -1e-3 * torch.sign(g[n]), atol=1e-7, rtol=0)  # fp32 rounding
+    # decoupled weight decay shrinks matrices only: p <- p (1 - lr wd) - lr sign(update)
+    model.zero_grad()
+    model(x).pow(2).sum().backward()
+    w0, opts = model.weight.detach().clone(), make_optimizers(model, TrainConfig(optimizer="lion", lr=1e-2, weight_decay=0.5))
+    opts[0].step()
+    step = model.weight.detach() - w0 * (1 - 1e-2 * 0.5)
+    assert torch.allclose(step.abs(), torch.full_like(step, 1e-2), atol=1e-7)
+
+
+def test_unknown_optimizer_is_named(tmp_path):
+    with pytest.raises(ValueError, match="'adamw', 'muon' or 'lion'"):
+        train_text.run(tiny_config(tmp_path, optimizer="sgd"))

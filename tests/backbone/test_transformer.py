@@ -11,6 +11,9 @@ CONFIGS = {
     "learned_gpt2": dict(name="nano-gpt2", n_layer=2, dim=32),
     "relu2": dict(name="tiny", mlp="relu2"),
     "mha_gelu": dict(name="tiny", n_kv_head=4, mlp="gelu"),
+    "primer": dict(name="tiny", mlp="relu2", qkv_conv=3),
+    "primer_gpt2": dict(name="nano-gpt2", n_layer=2, dim=32, qkv_conv=3),
+    "adamoe": dict(name="tiny", n_experts=3, n_null_experts=2, experts_per_tok=2),
 }
 
 
@@ -23,7 +26,7 @@ def perturb(model: Transformer):
     """Non-zero biases and non-unit norm weights, so every parameter matters."""
     with torch.no_grad():
         for n, p in model.named_parameters():
-            if n.endswith("bias") or "norm" in n:
+            if n.endswith(("bias", ".conv")) or "norm" in n:  # (Primer's conv starts as the identity)
                 p.add_(0.1 * torch.randn_like(p))
 
 
@@ -45,7 +48,7 @@ def test_incremental_decoding_matches_full(seed, cfg):
     torch.testing.assert_close(inc, full, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("cfg", ["rope_gqa", "learned_gpt2"])
+@pytest.mark.parametrize("cfg", ["rope_gqa", "learned_gpt2", "primer", "primer_gpt2"])
 def test_chunked_prefill_matches_full(seed, cfg):
     model = make(**CONFIGS[cfg])
     B, T = 2, 11
@@ -196,3 +199,34 @@ def test_shapes_and_param_count(seed):
     assert (a.n_head, a.n_kv_head, a.head_dim) == (4, 2, 8)
     assert model.layers[0].attn.wqkv.weight.shape == ((4 + 2 * 2) * 8, 32)
     assert model.num_params(non_embedding=False) - model.num_params() == 50 * 32
+
+
+# ---- Primer's causal depthwise convolution (So et al. 2021) -----------------------------------
+def test_primer_conv_starts_as_identity(seed):
+    plain, primer = make(mlp="relu2"), make(mlp="relu2", qkv_conv=3)
+    missing, unexpected = primer.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == [f"layers.{i}.attn.conv" for i in range(2)] and not unexpected
+    ids = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(primer(ids), plain(ids), atol=1e-6, rtol=0)
+
+
+def test_primer_conv_is_causal_and_stops_at_position_zero(seed):
+    model = make(**CONFIGS["primer"])
+    perturb(model)
+    ids = torch.randint(0, 50, (1, 12))
+    changed = ids.clone()
+    changed[0, 7] = (ids[0, 7] + 1) % 50
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], atol=0, rtol=0)   # the past never sees token 7
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+    attn = model.layers[0].attn
+    u = torch.randn(1, 5, attn.conv.shape[1])
+    y = attn.causal_conv(u, torch.tensor([0, 1, 2, 0, 1]), None)
+    # by hand: y_t = w0 u_t + w1 u_{t-1} [pos >= 1] + w2 u_{t-2} [pos >= 2]
+    w = attn.conv
+    want = torch.stack([w[0] * u[0, 0], w[0] * u[0, 1] + w[1] * u[0, 0],
+                        w[0] * u[0, 2] + w[1] * u[0, 1] + w[2] * u[0, 0],
+                        w[0] * u[0, 3], w[0] * u[0, 4] + w[1] * u[0, 3]])
+    torch.testing.assert_close(y[0], want)

@@ -248,3 +248,63 @@ def test_token_stream_no_seed_collisions():
     st = TokenStream(torch.arange(100_000), 4)
     starts = {tuple(st.batch(s, 2, m)["input_ids"][:, 0].tolist()) for s in range(-20, 20) for m in range(3)}
     assert len(starts) == 40 * 3
+
+
+# ---- training objectives of the ablations (issue 8) ------------------------------------------------
+def objective_task(**objective):
+    from modalities.text import TextLMTask
+    ids = torch.arange(400) % 50
+    return TextLMTask(ids, ids, block_size=16, batch_size=64, eval_batches=2, seed=3,
+                      objective=objective, mask_id=50)
+
+
+def test_meap_masks_a_fraction_of_inputs_and_keeps_targets():
+    plain, meap = objective_task().train_batch(5, 0, slice(None)), objective_task(meap=0.25).train_batch(5, 0, slice(None))
+    x = meap["input_ids"]
+    hidden = x == 50
+    assert 0.18 < hidden.float().mean() < 0.32
+    assert torch.equal(x[~hidden], plain["input_ids"][~hidden])
+    assert torch.equal(meap["targets"]["lm"], plain["targets"]["lm"])
+    assert torch.equal(x, objective_task(meap=0.25).train_batch(5, 0, slice(None))["input_ids"])  # replays exactly
+
+
+def test_prefix_lm_batches_hide_the_prefix_from_the_loss():
+    from backbone.masks import MaskSpec
+    b = objective_task(prefix_lm=True).train_batch(2, 0, slice(None))
+    P, y = b["mask"].prefix_len, b["targets"]["lm"]
+    assert isinstance(b["mask"], MaskSpec) and P.shape == (64,) and P.min() >= 1 and P.max() <= 15
+    for row in range(64):
+        p = int(P[row])
+        assert (y[row, :p - 1] == -100).all() and (y[row, p - 1:] != -100).all()
+    ev = objective_task(prefix_lm=True).eval_batches()[0]
+    assert (ev["mask"].prefix_len == 8).all()
+
+
+def test_scheduled_sampling_probability_ramps():
+    t = objective_task(scheduled_sampling={"max_prob": 0.3, "ramp_steps": 10})
+    assert [t.train_batch(s, 0, slice(None))["scheduled_sampling"] for s in (0, 5, 10, 50)] == \
+        pytest.approx([0.0, 0.15, 0.3, 0.3])
+
+
+def test_objective_errors():
+    from modalities.text import TextLMTask
+    ids = torch.arange(100) % 10
+    with pytest.raises(ValueError, match="unknown objective"):
+        TextLMTask(ids, ids, 8, 4, objective={"mtp": 2})
+    with pytest.raises(ValueError, match="mask token"):
+        TextLMTask(ids, ids, 8, 4, objective={"meap": 0.1})
+    with pytest.raises(ValueError, match="fraction"):
+        TextLMTask(ids, ids, 8, 4, objective={"meap": 1.5}, mask_id=10)
+
+
+def test_mix_own_samples(tiny_model):
+    x = torch.randint(64, (3, 20))
+    torch.manual_seed(0)
+    assert torch.equal(tiny_model.mix_own_samples(x, 0.0, {}), x)
+    # a model that is certain its next token is 7
+    tiny_model.heads["lm"].forward = lambda h: torch.nn.functional.one_hot(torch.full(h.shape[:-1], 7), 64).float() * 50
+    mixed = tiny_model.mix_own_samples(x, 1.0, {})
+    assert torch.equal(mixed[:, 0], x[:, 0]) and (mixed[:, 1:] == 7).all()
+    half = tiny_model.mix_own_samples(x, 0.5, {})
+    swapped = (half[:, 1:] != x[:, 1:]) & (x[:, 1:] != 7)
+    assert 0 < swapped.float().mean() < 1
