@@ -3,6 +3,8 @@
     omniar train text --config configs/text_shakespeare.yaml [--out assets/text-shakespeare] [--resume]
     omniar generate --model assets/text-shakespeare "ROMEO:" --max-new-tokens 200
     omniar crystal "SrTiO3" --n 10 [--spacegroup Pm-3m] -o out/
+    omniar t2i "a red circle to the left of a blue square" -o out.png --seed 0 --steps 25 --cfg 3 --n 4
+    omniar caption image.png
     omniar demo [--port 7860]
     omniar export-hf --model assets/text-shakespeare --out /tmp/hf --arch llama
 
@@ -25,6 +27,9 @@ def _train(a):
         from apps import forecast_bins as recipe
         cfg = train_text.load_config(a.config, required=("data", "model", "train", "context_length",
                                                          "prediction_length"))
+    elif a.task == "t2i":
+        from apps import t2i as recipe
+        cfg = train_text.load_config(a.config, required=("model", "train"))
     elif a.task == "draft-head":
         from apps import train_draft as recipe
         cfg = recipe.load_config(a.config)
@@ -80,6 +85,16 @@ def _generate(a):
     sys.stdout.write("\n")
 
 
+def _t2i(a):
+    from apps import t2i
+    t2i.cli_text_to_image(a)
+
+
+def _caption(a):
+    from apps import t2i
+    t2i.cli_caption(a)
+
+
 def _forecast(a):
     from apps import forecast
     forecast.main(a)
@@ -110,6 +125,8 @@ def _demo(a):
         argv += ["--crystal-model", a.crystal_model]
     if a.forecast_model:
         argv += ["--forecast-model", a.forecast_model]
+    if a.image_model:
+        argv += ["--image-model", a.image_model]
     launcher.main(argv)
 
 
@@ -125,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast", "forecast-bins"],
+    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast", "forecast-bins", "t2i"],
                    help="crystal: a CIF language model (CrystaLLM); draft-head: a speculative draft head "
                         "on a trained model (Chimera/EAGLE)")
     t.add_argument("--config", required=True)
@@ -155,6 +172,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ngram-n", type=int, default=3, help="context length + 1 of --draft ngram (default %(default)s)")
     g.add_argument("--penalty-alpha", type=float, help="contrastive search with --top-k candidates")
     g.set_defaults(fn=_generate)
+
+    ti = sub.add_parser("t2i", help="text to image (a PNG; a grid for --n > 1)")
+    ti.add_argument("prompt")
+    ti.add_argument("-o", "--out", required=True, help="PNG file to write")
+    ti.add_argument("--model", default="assets/t2i-shapes")
+    ti.add_argument("--n", type=int, default=1, help="images per prompt (written as a grid)")
+    ti.add_argument("--steps", type=int, default=25, help="denoising steps per patch")
+    ti.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
+    ti.add_argument("--temperature", type=float, default=1.0)
+    ti.add_argument("--seed", type=int, default=0)
+    ti.add_argument("--device", default="cpu")
+    ti.set_defaults(fn=_t2i)
+
+    ca = sub.add_parser("caption", help="describe an image (PNG/JPEG) with the text-to-image model")
+    ca.add_argument("image")
+    ca.add_argument("--model", default="assets/t2i-shapes")
+    ca.add_argument("--device", default="cpu")
+    ca.set_defaults(fn=_caption)
 
     f = sub.add_parser("forecast", help="forecast one column of a CSV (median and quantiles)")
     f.add_argument("csv")
@@ -209,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--port", type=int, default=7860)
     d.add_argument("--text-model")
     d.add_argument("--crystal-model")
+    d.add_argument("--image-model")
     d.add_argument("--forecast-model")
     d.set_defaults(fn=_demo)
 

@@ -21,7 +21,7 @@ from typing import Callable
 
 import gradio as gr
 
-from apps import crystal_app, forecast_app, text_app
+from apps import crystal_app, forecast_app, t2i_app, text_app
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ APPS: list[AppSpec] = [
     AppSpec("Text", "--text-model", text_app.DEFAULT_MODEL, text_app.load_app),
     AppSpec("Crystals", "--crystal-model", crystal_app.DEFAULT_MODEL, crystal_app.load_app),
     AppSpec("Forecast", "--forecast-model", forecast_app.DEFAULT_MODEL, forecast_app.load_app),
+    AppSpec("Images", "--image-model", t2i_app.DEFAULT_MODEL, t2i_app.load_app),
 ]
 
 

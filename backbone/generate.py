@@ -45,10 +45,13 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
 
 @torch.no_grad()
 def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
-            static: bool = False) -> tuple[Tensor, DecodeState]:
+            static: bool = False, embeds: Tensor | None = None,
+            embed_mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
     """Run the prompt through the backbone, filling the cache.
 
-    input_ids, attention_mask: (B, P). Returns the last hidden state (B, D) and the DecodeState.
+    input_ids, attention_mask: (B, P). ``embeds`` (B, P, D) + ``embed_mask`` (B, P): continuous
+    inputs (image patches) at the masked positions of a mixed prompt.
+    Returns the last hidden state (B, D) and the DecodeState.
     """
     B, P = input_ids.shape
     dev = input_ids.device
@@ -68,7 +71,8 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
         if bidirectional:  # every prompt slot is block 0; (static) unwritten slots stay hidden
             block_q, block_k = torch.zeros_like(input_pos), (block_k >= P).long()
         mask = build_mask(block_q, block_k, None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
-    h = bb(input_ids=input_ids, positions=positions, mask=mask, input_pos=input_pos)  # (B, P, D)
+    h = bb(input_ids=input_ids, embeds=embeds, embed_mask=embed_mask, positions=positions, mask=mask,
+           input_pos=input_pos)  # (B, P, D)
     state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P, static=static)
     return h[:, -1], state
 
@@ -79,24 +83,44 @@ def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor
     return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot, **layer_kw)[:, -1]
 
 
+def _step_mask(bb, state: DecodeState, slot: Tensor) -> Tensor | None:
+    """The mask of one decoding step: (B|1, 1, 1, S) written slots up to this one, minus padding."""
+    if state.static:
+        cache = bb.layers[0].attn.kv_cache
+        mask = (torch.arange(cache.max_seq, device=slot.device) <= slot)[None, None, None, :]
+        return mask & state.key_valid[:, None, None, :] if state.key_valid is not None else mask
+    if state.key_valid is not None:
+        return state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
+    return None
+
+
+def _advance(state: DecodeState):
+    state.positions = state.positions + 1
+    state.next_slot += 1
+    state.step += 1
+
+
 @torch.no_grad()
 def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_step) -> Tensor:
     """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place."""
     bb = model.backbone
     slot = torch.tensor([state.next_slot], device=token.device)
-    mask = None
-    if state.static:  # (B|1, 1, 1, max_seq): written slots up to this one, minus padding
-        cache = bb.layers[0].attn.kv_cache
-        mask = (torch.arange(cache.max_seq, device=token.device) <= slot)[None, None, None, :]
-        if state.key_valid is not None:
-            mask = mask & state.key_valid[:, None, None, :]
-    elif state.key_valid is not None:
-        mask = state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
+    mask = _step_mask(bb, state, slot)
     kw = {} if state.skip is None else state.skip.step_kwargs(state.step, len(bb.layers), state.max_new)
     h = step_fn(bb, token, state.positions, slot, mask, **kw)
-    state.positions = state.positions + 1
-    state.next_slot += 1
-    state.step += 1
+    _advance(state)
+    return h
+
+
+@torch.no_grad()
+def decode_one_embedding(model, embed: Tensor, state: DecodeState) -> Tensor:
+    """Advance one step with a continuous input (a generated image patch, embedded by its
+    adapter) instead of a token: embed (B, D) -> last hidden state (B, D)."""
+    bb = model.backbone
+    slot = torch.tensor([state.next_slot], device=embed.device)
+    h = bb(embeds=embed[:, None], positions=state.positions[:, None], mask=_step_mask(bb, state, slot),
+           input_pos=slot)[:, -1]
+    _advance(state)
     return h
 
 

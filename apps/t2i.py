@@ -1,0 +1,369 @@
+"""Text-to-image and captioning in one model (Orthus / MMAR raster order) on the shared backbone.
+
+A sequence interleaves caption words and continuous image patches (never vector-quantised):
+
+    text-to-image:  <bos> a red circle ... <boi> p1 ... p64 <eoi> <eos>
+    captioning:     <bos> <boi> p1 ... p64 <eoi> a red circle ... <eos>
+
+The LM head predicts the words and the special tokens; the hidden state before each patch (the
+one at ``<boi>`` for p1) conditions the diffusion (or flow) head, which denoises the patch
+(MAR, Li et al. 2024). Captioning sequences start their image with no caption, so they also
+train the unconditional image model that classifier-free guidance subtracts; text-to-image
+sequences drop their caption with probability ``caption_drop`` for the same reason. The
+training loss is ``lm_weight * LM + image_weight * diffusion`` (MMAR balances the two).
+
+    omniar train t2i --config configs/t2i_shapes.yaml
+"""
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from backbone.container import OmniModel, atomic_write_text, part
+from backbone.generate import decode_n_tokens, decode_one_embedding, decode_one_token, left_pad, prefill
+from backbone.sampling import SamplingParams
+from backbone.train import TrainConfig, train
+from backbone.transformer import ModelArgs
+from heads.lm import LMHead
+from modalities.image import PatchTokenizer
+from modalities.image_embed import PatchEmbed
+
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<img>"]  # <img>: placeholder id at patch slots
+PAD, BOS, EOS, BOI, EOI, IMG = range(len(SPECIALS))
+
+
+class WordVocab:
+    """Whole-word tokenizer over a small grammar's words; unknown words are named in the error."""
+    kind = "words"
+
+    def __init__(self, words: list[str]):
+        self.itos = SPECIALS + sorted(set(words) - set(SPECIALS))
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def words(self, text: str) -> list[str]:
+        return text.lower().replace(",", " ").strip().rstrip(".").split()
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("the prompt is empty; describe the image, e.g. 'a red circle to the left of a blue square'")
+        words = self.words(text)
+        unknown = sorted({w for w in words if w not in self.stoi or w in SPECIALS})
+        if unknown:
+            known = ", ".join(w for w in self.itos if w not in SPECIALS)
+            raise ValueError(f"unknown word(s) {', '.join(repr(w) for w in unknown)}; the model knows: {known}")
+        return [self.stoi[w] for w in words]
+
+    def decode(self, ids) -> str:
+        return " ".join(self.itos[int(i)] for i in ids if int(i) >= len(SPECIALS))
+
+    def save(self, folder: str | Path):
+        atomic_write_text(Path(folder) / "vocab.json", json.dumps({"kind": self.kind, "words": self.itos}))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "WordVocab":
+        f = Path(folder) / "vocab.json"
+        if not f.is_file():
+            raise FileNotFoundError(f"{f} not found: not a text-to-image checkpoint")
+        return cls(json.loads(f.read_text())["words"])
+
+
+# ---- sequences -----------------------------------------------------------------------------------
+def build_batch(captions: list[list[int]], patches: Tensor, modes: list[str]) -> dict:
+    """Pack (caption ids, image patches (B, N, d)) pairs as t2i ("gen") or captioning ("cap")
+    sequences, right-padded. Returns the trainer's batch: input_ids (B, T), the image adapter's
+    (patches (B, T, d), index (B, T)), embed_mask (B, T), and targets: "lm" (B, T) with -100 where
+    nothing is scored, "image" (select (B, T), patches (M, d)) at the positions before each patch."""
+    B, N, d = patches.shape
+    seqs = []
+    for cap, mode in zip(captions, modes):
+        img = [IMG] * N
+        seqs.append([BOS, *cap, BOI, *img, EOI, EOS] if mode == "gen" else [BOS, BOI, *img, EOI, *cap, EOS])
+    T = max(len(s) for s in seqs) - 1
+    ids = torch.full((B, T), PAD, dtype=torch.long)
+    y = torch.full((B, T), -100, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        s = torch.tensor(s)
+        ids[b, :len(s) - 1], y[b, :len(s) - 1] = s[:-1], s[1:]
+    is_patch = ids == IMG
+    index = torch.where(is_patch, is_patch.long().cumsum(1) - 1, torch.full_like(ids, -1))  # (B, T)
+    seq_patches = torch.zeros(B, T, d)
+    seq_patches[is_patch] = patches.reshape(-1, d)
+    select = y == IMG                                  # the position before each patch predicts it
+    y = y.masked_fill(select, -100)
+    return {"input_ids": ids, "adapter_inputs": {"image": (seq_patches, index)}, "embed_mask": is_patch,
+            "targets": {"lm": y, "image": (select, patches.reshape(-1, d))}}
+
+
+class ShapesT2ITask:
+    """Batches of rendered shape scenes, made fresh from (seed, step, micro): no fixed data set to
+    memorise, and a resumed run sees exactly the batches it would have seen."""
+
+    def __init__(self, vocab: WordVocab, tok: PatchTokenizer, batch_size: int, caption_frac: float = 0.3,
+                 caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None):
+        self.vocab, self.tok, self.batch_size, self.seed = vocab, tok, batch_size, seed
+        self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
+        self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
+
+    def _batch(self, g: np.random.Generator, split: str) -> dict:
+        from modalities.image_shapes import make_dataset
+        seed = int(g.integers(2**31))
+        data = make_dataset(self.batch_size, split, seed)                  # prompts as users write them
+        full = make_dataset(self.batch_size, split, seed, full_captions=True)  # the same scenes, every colour named
+        images = torch.tensor(np.stack([im for _, _, im in data])).permute(0, 3, 1, 2).float() / 255
+        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in data]
+        caps = [self.vocab.encode(f[0]) if m == "cap" else
+                ([] if g.random() < self.caption_drop else self.vocab.encode(d[0]))
+                for d, f, m in zip(data, full, modes)]
+        batch = build_batch(caps, self.tok.encode(images), modes)
+        batch["loss_weights"] = self.weights
+        return batch
+
+    def train_batch(self, step: int, micro: int, rows: slice) -> dict:
+        full = self._batch(np.random.default_rng([self.seed, step, micro]), "train")
+        return _rows(full, rows)
+
+    def eval_batches(self) -> list[dict]:
+        return self._eval
+
+
+def _rows(batch, rows: slice):
+    if isinstance(batch, Tensor):
+        return batch[rows] if batch.dim() >= 1 and batch.shape[0] > 1 else batch
+    if isinstance(batch, dict):
+        out = {k: (v if k == "loss_weights" else _rows(v, rows)) for k, v in batch.items()}
+        if "targets" in batch:  # the image targets are flat (M, d): keep those of the selected rows
+            sel, tgt = batch["targets"]["image"]
+            keep = torch.zeros(sel.shape[0], dtype=torch.bool)
+            keep[rows] = True
+            owner = sel.nonzero()[:, 0]
+            out["targets"] = {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}
+        return out
+    if isinstance(batch, tuple):
+        return tuple(_rows(v, rows) for v in batch)
+    return batch
+
+
+# ---- the recipe ----------------------------------------------------------------------------------
+def grammar_words() -> list[str]:
+    from modalities.image_shapes import grammar_words as words
+    return words()
+
+
+def tokenizer_config(tok: PatchTokenizer) -> dict:
+    return {"size": tok.size, "patch": tok.patch, "channels": tok.channels, "scale": tok.scale}
+
+
+def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
+    m, h = cfg["model"], cfg.get("head", {})
+    args = ModelArgs.from_name(m.get("preset", "nano"), vocab_size=vocab.vocab_size, **m.get("args", {}))
+    kind = h.get("kind", "diffusion")
+    if kind == "diffusion":
+        from heads.diffusion import DiffusionHead as Head
+    elif kind == "flow":
+        from heads.flow import FlowHead as Head
+    else:
+        raise ValueError(f"unknown head kind {kind!r}; choose 'diffusion' or 'flow'")
+    head_kw = {k: v for k, v in h.items() if k != "kind"}
+    return OmniModel.build(
+        args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab.vocab_size),
+                     "image": part(Head, dim=args.dim, token_dim=tok.token_dim, **head_kw)},
+        adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, n_patches=tok.n_tokens)},
+        meta={"task": "t2i", "order": "raster", "head": kind, "image": tokenizer_config(tok)})
+
+
+def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
+    tok = PatchTokenizer(**cfg.get("image", {}))
+    vocab = WordVocab(grammar_words())
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    torch.manual_seed(tcfg.seed)
+    model = build_model(cfg, vocab, tok)
+    if "train" in sys.argv:
+        model.config["meta"]["train_command"] = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    d = cfg.get("data", {})
+    task = ShapesT2ITask(vocab, tok, tcfg.batch_size, d.get("caption_frac", 0.3), d.get("caption_drop", 0.1),
+                         tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"))
+    metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=vocab)
+    if out:
+        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        model.save_pretrained(out, vocab)
+    return model, metrics
+
+
+# ---- inference -----------------------------------------------------------------------------------
+class ImageModel:
+    """The shipped checkpoint: ``text_to_image`` and ``caption`` on the same weights."""
+    MAX_PROMPTS = 64
+
+    def __init__(self, model: OmniModel, vocab: WordVocab):
+        self.model, self.vocab = model.eval(), vocab
+        self.tok = PatchTokenizer(**model.config["meta"]["image"])
+
+    @classmethod
+    def from_pretrained(cls, folder, device=None) -> "ImageModel":
+        return cls(OmniModel.from_pretrained(folder, device=device), WordVocab.load(folder))
+
+    def _embed(self, x: Tensor, index: int) -> Tensor:
+        """x (B, d) patches at raster index -> (B, D) input embeddings."""
+        idx = torch.full((x.shape[0], 1), index, dtype=torch.long, device=x.device)
+        return self.model.adapters["image"]((x[:, None], idx))[:, 0]
+
+    @torch.no_grad()
+    def text_to_image(self, prompts: list[str], steps: int = 25, cfg: float = 3.0, temperature: float = 1.0,
+                      seed: int = 0, cfg_schedule: str = "linear") -> Tensor:
+        """Generate one image per prompt -> (B, 3, H, W) in [0, 1].
+
+        Raster order: the cond rows (caption) and null rows (no caption) decode together; each
+        patch is sampled from the guided head output and fed back to both."""
+        from heads.diffusion import cfg_schedule as ramp
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not prompts or len(prompts) > self.MAX_PROMPTS:
+            raise ValueError(f"give 1 to {self.MAX_PROMPTS} prompts, got {len(prompts)}")
+        if not (1 <= steps <= 1000) or not (cfg >= 0) or not (temperature >= 0):
+            raise ValueError("steps must be in [1, 1000], cfg >= 0 and temperature >= 0")
+        caps = [self.vocab.encode(p) for p in prompts]
+        B, N, dev = len(caps), self.tok.n_tokens, next(self.model.parameters()).device
+        guided = cfg != 1.0
+        rows = [[BOS, *c, BOI] for c in caps] + ([[BOS, BOI]] * B if guided else [])
+        ids, am = left_pad(rows, PAD)
+        head = self.model.heads["image"]
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        h, state = prefill(self.model, ids.to(dev), am.to(dev), ids.shape[1] + N)
+        out = []
+        try:
+            for i in range(N):
+                scale = ramp(cfg_schedule, cfg, i / max(1, N - 1))
+                x = head.sample(h[:B], steps=steps, cfg=scale, temperature=temperature, generator=gen,
+                                z_null=h[B:] if guided else None)                        # (B, d)
+                out.append(x)
+                if i + 1 < N:
+                    h = decode_one_embedding(self.model, self._embed(x.repeat(1 + guided, 1), i), state)
+        finally:
+            self.model.backbone.clear_cache()
+        return self.tok.decode(torch.stack(out, 1))
+
+    @torch.no_grad()
+    def generate(self, prompt: str = "", max_words: int = 24, steps: int = 25, temperature: float = 1.0,
+                 seed: int = 0) -> list:
+        """Interleaved generation (Orthus, MMAR): the LM head writes words; when it samples
+        ``<boi>`` the diffusion head takes over for the image's patches, then ``<eoi>`` hands
+        back to text, until ``<eos>``. Returns segments: str (text) or Tensor (3, H, W) (an image).
+        From an empty prompt the model writes a caption and its image, or an image and its caption."""
+        dev = next(self.model.parameters()).device
+        ids = [BOS] + (self.vocab.encode(prompt) if prompt.strip() else [])
+        N, lm, head = self.tok.n_tokens, self.model.heads["lm"], self.model.heads["image"]
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        text_params = SamplingParams(temperature=temperature)
+        x = torch.tensor([ids], device=dev)
+        h, state = prefill(self.model, x, torch.ones_like(x), len(ids) + 2 * max_words + N + 4)
+        segments, words, n_words, images = [], list(ids[1:]), 0, 0
+        try:
+            while n_words < max_words:
+                t = int(lm.sample(h, text_params, gen)[0])
+                if t in (EOS, PAD, IMG, EOI, BOS):  # only <eos> is expected; the rest end the sequence too
+                    break
+                h = decode_one_token(self.model, torch.tensor([t], device=dev), state)
+                if t != BOI:
+                    words.append(t)
+                    n_words += 1
+                    continue
+                if words:
+                    segments.append(self.vocab.decode(words))
+                    words = []
+                if images:  # one image per sequence, as in training
+                    break
+                patches = []
+                for i in range(N):
+                    p = head.sample(h, steps=steps, cfg=1.0, temperature=temperature, generator=gen)  # (1, d)
+                    patches.append(p)
+                    h = decode_one_embedding(self.model, self._embed(p, i), state)
+                h = decode_one_token(self.model, torch.tensor([EOI], device=dev), state)
+                segments.append(self.tok.decode(torch.stack(patches, 1))[0])
+                images += 1
+        finally:
+            self.model.backbone.clear_cache()
+        if words:
+            segments.append(self.vocab.decode(words))
+        return segments
+
+    @torch.no_grad()
+    def caption(self, images: Tensor, max_words: int = 24) -> list[str]:
+        """images (B, 3, H, W) in [0, 1] -> greedy captions."""
+        patches = self.tok.encode(images)                                              # (B, N, d)
+        B, N, _ = patches.shape
+        dev = next(self.model.parameters()).device
+        ids = torch.tensor([[BOS, BOI] + [IMG] * N + [EOI]] * B, device=dev)
+        index = torch.tensor([-1, -1] + list(range(N)) + [-1], device=dev).expand(B, -1)
+        seq = torch.zeros(B, N + 3, patches.shape[-1], device=dev)
+        seq[:, 2:2 + N] = patches.to(dev)
+        emb = self.model.adapters["image"]((seq, index))
+        h, state = prefill(self.model, ids, torch.ones_like(ids), N + 3 + max_words, embeds=emb,
+                           embed_mask=index >= 0)
+        words = [[] for _ in range(B)]
+        done = torch.zeros(B, dtype=torch.bool)
+        try:
+            for tok in decode_n_tokens(self.model, h, state, SamplingParams(temperature=0), max_words):
+                for b, t in enumerate(tok.tolist()):
+                    if not done[b]:
+                        done[b] = t == EOS
+                        if not done[b]:
+                            words[b].append(t)
+                if bool(done.all()):
+                    break
+        finally:
+            self.model.backbone.clear_cache()
+        return [self.vocab.decode(w) for w in words]
+
+
+# ---- command line --------------------------------------------------------------------------------
+MAX_SIDE = 4096  # refuse decompression bombs and absurd uploads before resizing
+
+
+def read_image(path) -> Tensor:
+    """An image file -> (1, 3, 32, 32) in [0, 1]; clear ValueError for non-images and huge sizes.
+    Larger images are resized with nearest-neighbour sampling, which keeps flat palette colours."""
+    from PIL import Image, UnidentifiedImageError
+    from modalities.image import PatchTokenizer
+    try:
+        with Image.open(path) as im:
+            if max(im.size) > MAX_SIDE:
+                raise ValueError(f"image is {im.size[0]}x{im.size[1]}; the limit is {MAX_SIDE} pixels a side")
+            im = im.convert("RGB")
+            im.load()
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+    return PatchTokenizer().from_pil([im], resize=True)
+
+
+def save_images(images: Tensor, path, nrow: int | None = None):
+    """(B, 3, H, W) in [0, 1] -> one PNG (a grid when B > 1)."""
+    from torchvision.utils import make_grid
+    from PIL import Image
+    grid = make_grid(images, nrow=nrow or int(np.ceil(np.sqrt(len(images)))), padding=2, pad_value=1.0)
+    arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def cli_text_to_image(a):
+    if not (1 <= a.n <= ImageModel.MAX_PROMPTS):
+        raise ValueError(f"--n must be in [1, {ImageModel.MAX_PROMPTS}]")
+    m = ImageModel.from_pretrained(a.model, device=a.device)
+    images = m.text_to_image([a.prompt] * a.n, steps=a.steps, cfg=a.cfg, temperature=a.temperature, seed=a.seed)
+    save_images(images, a.out)
+    print(f"wrote {a.out} ({a.n} image{'s' * (a.n > 1)})")
+
+
+def cli_caption(a):
+    m = ImageModel.from_pretrained(a.model, device=a.device)
+    print(m.caption(read_image(a.image))[0])
