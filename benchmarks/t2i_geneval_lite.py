@@ -32,6 +32,8 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--cfg-schedule", nargs="+", default=["constant", "linear"], choices=["constant", "linear"],
+                    help="one row per schedule: a constant scale, or MAR's linear ramp from 1")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-grid", help="write a PNG of the first model's images here")
@@ -54,19 +56,22 @@ def main():
         name, path = spec.split("=", 1)
         m = ImageModel.from_pretrained(path)
         m.text_to_image(prompts[:2], steps=2, cfg=a.cfg)  # warm-up
-        t = time.time()
-        images = torch.cat([m.text_to_image(prompts[i:i + a.batch], steps=a.steps, cfg=a.cfg,
-                                            temperature=a.temperature, seed=a.seed + i)
-                            for i in range(0, len(prompts), a.batch)])
-        s = (time.time() - t) / len(prompts)
-        if a.save_grid and len(rows) == 2:
-            save_images(images, a.save_grid, nrow=a.per_task)
-        rows.append({"method": f"ours {name} ({path})", **geneval_lite(images, prompts), "s_per_image": s})
-        print(rows[-1], flush=True)
+        for sched in a.cfg_schedule:
+            t = time.time()
+            images = torch.cat([m.text_to_image(prompts[i:i + a.batch], steps=a.steps, cfg=a.cfg,
+                                                temperature=a.temperature, seed=a.seed + i, cfg_schedule=sched)
+                                for i in range(0, len(prompts), a.batch)])
+            s = (time.time() - t) / len(prompts)
+            if a.save_grid and len(rows) == 2:
+                save_images(images, a.save_grid, nrow=a.per_task)
+            rows.append({"method": f"ours {name}, CFG {a.cfg} {sched} ({path})", **geneval_lite(images, prompts),
+                         "s_per_image": s})
+            print(rows[-1], flush=True)
     cols = ["method", *tasks, "overall", "s_per_image"]
     print()
     print_table(rows, cols)
     res = {"rows": rows, "prompts": len(prompts), "steps": a.steps, "cfg": a.cfg, "temperature": a.temperature,
+           "cfg_schedule": a.cfg_schedule,
            "targets": {"overall": 0.95, "s_per_image": 0.5},
            "note": "UNet2DConditionModel DDPM baseline at equal training time: not run yet (see README)"}
     print("wrote", write_result("t2i_geneval_lite", res))

@@ -1,6 +1,6 @@
 """The shipped text-to-image + captioning checkpoint on held-out combinations (fixed seeds).
 
-Measured (benchmarks/t2i_geneval_lite.py, benchmarks/caption_accuracy.py): GenEval-lite 0.236 on
+Measured (benchmarks/t2i_geneval_lite.py, benchmarks/caption_accuracy.py): GenEval-lite 0.306 on
 144 held-out prompts and 0.37 exact-match captions on 300 held-out renders; these thresholds sit
 below the numbers measured on the subsets used here, and far above what ignoring the input scores."""
 import numpy as np
@@ -19,8 +19,8 @@ def test_text_to_image_geneval_lite_on_held_out_prompts():
     prompts = held_out_prompts(0, per_task=8)
     images = m.text_to_image(prompts, steps=25, cfg=3.0, seed=0)
     r = geneval_lite(images, prompts)
-    assert r["overall"] >= 0.15, r                                   # measured 0.25 here
-    assert r["single_object"] >= 0.25 and r["colors"] >= 0.5, r   # measured 0.5 and 0.875 here
+    assert r["overall"] >= 0.15, r                                   # measured 0.29 here
+    assert r["single_object"] >= 0.375 and r["colors"] >= 0.5, r  # measured 0.75 and 0.875 here
 
 
 def test_captions_of_held_out_renders():
