@@ -115,15 +115,14 @@ class ShapesT2ITask:
         self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
 
     def _batch(self, g: np.random.Generator, split: str) -> dict:
-        from modalities.image_shapes import make_dataset
-        seed = int(g.integers(2**31))
-        data = make_dataset(self.batch_size, split, seed)                  # prompts as users write them
-        full = make_dataset(self.batch_size, split, seed, full_captions=True)  # the same scenes, every colour named
-        images = torch.tensor(np.stack([im for _, _, im in data])).permute(0, 3, 1, 2).float() / 255
-        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in data]
-        caps = [self.vocab.encode(f[0]) if m == "cap" else
-                ([] if g.random() < self.caption_drop else self.vocab.encode(d[0]))
-                for d, f, m in zip(data, full, modes)]
+        from modalities.image_shapes import caption, make_scenes
+        scenes = make_scenes(self.batch_size, split, int(g.integers(2**31)))
+        images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
+        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in scenes]
+        # captioning targets name every colour; prompts are written as users write them
+        caps = [self.vocab.encode(caption(scene)) if m == "cap" else
+                ([] if g.random() < self.caption_drop else self.vocab.encode(caption(shown)))
+                for (shown, scene, _), m in zip(scenes, modes)]
         batch = build_batch(caps, self.tok.encode(images), modes)
         batch["loss_weights"] = self.weights
         return batch
@@ -136,21 +135,16 @@ class ShapesT2ITask:
         return self._eval
 
 
-def _rows(batch, rows: slice):
-    if isinstance(batch, Tensor):
-        return batch[rows] if batch.dim() >= 1 and batch.shape[0] > 1 else batch
-    if isinstance(batch, dict):
-        out = {k: (v if k == "loss_weights" else _rows(v, rows)) for k, v in batch.items()}
-        if "targets" in batch:  # the image targets are flat (M, d): keep those of the selected rows
-            sel, tgt = batch["targets"]["image"]
-            keep = torch.zeros(sel.shape[0], dtype=torch.bool)
-            keep[rows] = True
-            owner = sel.nonzero()[:, 0]
-            out["targets"] = {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}
-        return out
-    if isinstance(batch, tuple):
-        return tuple(_rows(v, rows) for v in batch)
-    return batch
+def _rows(batch: dict, rows: slice) -> dict:
+    """A rank's rows of a global batch; the flat (M, d) image targets keep the selected rows' patches."""
+    sel, tgt = batch["targets"]["image"]
+    owner = sel.nonzero()[:, 0]                                      # the row of each flat target
+    keep = torch.zeros(sel.shape[0], dtype=torch.bool)
+    keep[rows] = True
+    patches, index = batch["adapter_inputs"]["image"]
+    return {"input_ids": batch["input_ids"][rows], "embed_mask": batch["embed_mask"][rows],
+            "adapter_inputs": {"image": (patches[rows], index[rows])}, "loss_weights": batch.get("loss_weights"),
+            "targets": {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}}
 
 
 # ---- the recipe ----------------------------------------------------------------------------------

@@ -290,14 +290,14 @@ def grammar_words() -> list[str]:
     return sorted(_VOCAB)
 
 
-def make_dataset(n: int, split: str = "train", seed: int = 0, tasks: tuple[str, ...] = TASKS,
-                 full_captions: bool = False) -> list[tuple[str, Spec, np.ndarray]]:
-    """``n`` samples (caption, spec, image uint8 (32, 32, 3)), tasks drawn uniformly; the same
-    (n, split, seed) gives the same list. Train never contains a held-out combination (in the
-    caption or the image); every test sample contains one (position: a held-out colour pair on
-    its axis; the other tasks: a held-out colour-shape pair). Train drops the colour from
-    counting and position captions half the time, test never does; ``full_captions`` returns
-    the scene's complete caption and spec instead (every colour named: captioning targets)."""
+def make_scenes(n: int, split: str = "train", seed: int = 0,
+                tasks: tuple[str, ...] = TASKS) -> list[tuple[Spec, Spec, np.ndarray]]:
+    """``n`` samples (caption spec, full scene spec, image uint8 (32, 32, 3)), tasks drawn
+    uniformly; the same (n, split, seed) gives the same list. Train never contains a held-out
+    combination (in the caption or the image); every test sample contains one (position: a
+    held-out colour pair on its axis; the other tasks: a held-out colour-shape pair). Train
+    drops the colour from counting and position captions half the time, test never does; the
+    scene spec always names every colour (captioning targets)."""
     rng = _split_rng(split, seed)
     out = []
     while len(out) < n:
@@ -310,9 +310,16 @@ def make_dataset(n: int, split: str = "train", seed: int = 0, tasks: tuple[str, 
                 continue
         elif held_out_in(scene):
             continue
-        shown = scene if full_captions else shown
-        out.append((caption(shown), shown, render(scene, rng)[0]))
+        out.append((shown, scene, render(scene, rng)[0]))
     return out
+
+
+def make_dataset(n: int, split: str = "train", seed: int = 0, tasks: tuple[str, ...] = TASKS,
+                 full_captions: bool = False) -> list[tuple[str, Spec, np.ndarray]]:
+    """``make_scenes`` as (caption, spec, image): the caption as a user would write it, or with
+    ``full_captions`` the scene's complete caption and spec."""
+    return [(caption(scene if full_captions else shown), scene if full_captions else shown, image)
+            for shown, scene, image in make_scenes(n, split, seed, tasks)]
 
 
 def held_out_prompts(seed: int = 0, per_task: int = 24) -> list[str]:
