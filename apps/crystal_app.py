@@ -21,7 +21,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from apps.serving import check_checkpoint, serve, user_errors as _user_errors
+from apps.serving import check_checkpoint, in_range, serve, user_errors as _user_errors
 
 
 DEFAULT_MODEL = "assets/crystal-cif"
@@ -76,24 +76,14 @@ def results_html(cands) -> str:
             "<th>log-lik/token</th><th>reasons</th></tr>" + "".join(rows) + "</table>")
 
 
-def _int(name, value, lo, hi):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(x) or x != int(x) or not lo <= x <= hi:
-        raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
-    return int(x)
-
-
 def make_generate_fn(generator):
     from apps.crystal import write_candidates
 
     @_user_errors("Cannot generate", "generation")
     def generate(composition, spacegroup, n, temperature, top_k, seed):
-        n = _int("number of candidates", n, 1, 64)
-        top_k = _int("top-k", top_k, 0, generator.tok.vocab_size)
-        seed = _int("seed", seed, -1, 2**62)
+        n = in_range("number of candidates", n, 1, 64)
+        top_k = in_range("top-k", top_k, 0, generator.tok.vocab_size)
+        seed = in_range("seed", seed, -1, 2**62)
         try:
             t = float(temperature)
         except (TypeError, ValueError):

@@ -34,6 +34,19 @@ def user_errors(title: str, what: str):
     return wrap
 
 
+def in_range(name: str, value, lo, hi, whole: bool = True):
+    """A form value as a number in [lo, hi] (a whole number when ``whole``); ValueError naming the
+    field otherwise (text, NaN, inf, out of range)."""
+    import math
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(x) or (whole and x != int(x)) or not lo <= x <= hi:
+        raise ValueError(f"{name} must be {'a whole number' if whole else 'a number'} from {lo} to {hi}, got {value!r}")
+    return int(x) if whole else x
+
+
 def check_checkpoint(folder: str | os.PathLike, kind: str, train_command: str,
                      files: tuple[str, ...] = CHECKPOINT_FILES) -> Path:
     """Raise FileNotFoundError naming the folder (or file) that is missing and the command that

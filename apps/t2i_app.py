@@ -19,23 +19,12 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from apps.serving import check_checkpoint, serve, user_errors
+from apps.serving import check_checkpoint, in_range, serve, user_errors
 
 DEFAULT_MODEL = "assets/t2i-shapes"
 TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes.yaml"
 MAX_UPLOAD_BYTES = 10 << 20
 SHOW_PX = 192  # generated 32x32 images are shown enlarged (nearest neighbour: crisp pixels)
-
-
-def _number(name, value, lo, hi, whole=True):
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(x) or (whole and x != int(x)) or not lo <= x <= hi:
-        kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{name} must be {kind} from {lo} to {hi}, got {value!r}")
-    return int(x) if whole else x
 
 
 def _show(images) -> list[np.ndarray]:
@@ -53,11 +42,11 @@ def make_generate_fn(model):
                              f"order; {order!r} needs a checkpoint trained for it")
         if head != model.model.config["meta"].get("head", "diffusion"):
             raise ValueError(f"this checkpoint has a {model.model.config['meta'].get('head')!r} head, not {head!r}")
-        n = _number("number of images", n, 1, 16)
-        images = model.text_to_image([prompt] * n, steps=_number("steps", steps, 1, 100),
-                                     cfg=_number("CFG scale", cfg, 0, 20, whole=False),
-                                     temperature=_number("temperature", temperature, 0, 2, whole=False),
-                                     seed=_number("seed", seed, 0, 2**62))
+        n = in_range("number of images", n, 1, 16)
+        images = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
+                                     cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
+                                     temperature=in_range("temperature", temperature, 0, 2, whole=False),
+                                     seed=in_range("seed", seed, 0, 2**62))
         return [(im, f"{prompt} #{i + 1}") for i, im in enumerate(_show(images))]
     return generate
 
