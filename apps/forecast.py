@@ -10,8 +10,6 @@ cut into segments, and rolled forward one segment per step, feeding back the med
 """
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ import torch
 from torch import Tensor
 
 from backbone.container import OmniModel, part
-from backbone.train import TrainConfig, train
+from backbone.train import TrainConfig, cli_command, save_trained, train
 from backbone.transformer import ModelArgs
 from heads.forecast import DEFAULT_QUANTILES, QuantileHead, SegmentEmbed
 from modalities.timeseries import (as_series, ett_splits, instance_stats, kernel_synth, leading_gap, load_ett,
@@ -205,8 +203,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
-    if "train" in sys.argv:
-        model.config["meta"]["train_command"] = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if cli_command():
+        model.config["meta"]["train_command"] = cli_command()
     n_seg = cfg.get("train_segments", T)  # context + the rollout positions to train
     task = SeriesTask(pools, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
                       context_segments=T, mix=data.get("mix"), short_history=data.get("short_history", False),
@@ -214,8 +212,7 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
                       time_encoder=enc)
     metrics = train(model, task, tcfg, device=device, resume=resume)
     if out:
-        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        model.save_pretrained(out)
+        save_trained(model, metrics, out)
     return model, metrics
 
 

@@ -31,7 +31,7 @@ from backbone.container import OmniModel, part
 from backbone.generate import generate
 from backbone.masks import build_mask
 from backbone.sampling import SamplingParams
-from backbone.train import TrainConfig, train
+from backbone.train import TrainConfig, cli_command, save_trained, train
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 from modalities.timeseries import as_series
@@ -142,15 +142,14 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg)
-    if command or "train" in sys.argv:  # this module's main, or ``omniar train forecast-bins``
-        model.config["meta"]["train_command"] = command or "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if command or cli_command():  # this module's main, or ``omniar train forecast-bins``
+        model.config["meta"]["train_command"] = command or cli_command()
     task = BinSeriesTask(pools, val, make_tokenizer(cfg), C, H, tcfg.batch_size,
                          cfg.get("eval", {}).get("batches", 8), tcfg.seed, mix=data.get("mix"),
                          short_history=data.get("short_history", False), mixup=data.get("mixup", 0.0))
     metrics = train(model, task, tcfg, device=device, resume=resume)
     if out:
-        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        model.save_pretrained(out)
+        save_trained(model, metrics, out)
     return model, metrics
 
 

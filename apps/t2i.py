@@ -17,8 +17,6 @@ training loss is ``lm_weight * LM + image_weight * diffusion`` (MMAR balances th
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +26,7 @@ from torch import Tensor
 from backbone.container import OmniModel, atomic_write_text, part
 from backbone.generate import decode_n_tokens, decode_one_embedding, decode_one_token, left_pad, prefill
 from backbone.sampling import SamplingParams
-from backbone.train import TrainConfig, train
+from backbone.train import TrainConfig, cli_command, save_trained, train
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 from modalities.image import PatchTokenizer
@@ -181,15 +179,14 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg, vocab, tok)
-    if "train" in sys.argv:
-        model.config["meta"]["train_command"] = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if cli_command():
+        model.config["meta"]["train_command"] = cli_command()
     d = cfg.get("data", {})
     task = ShapesT2ITask(vocab, tok, tcfg.batch_size, d.get("caption_frac", 0.3), d.get("caption_drop", 0.1),
                          tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"))
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=vocab)
     if out:
-        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        model.save_pretrained(out, vocab)
+        save_trained(model, metrics, out, vocab)
     return model, metrics
 
 

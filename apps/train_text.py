@@ -8,15 +8,13 @@ from __future__ import annotations
 import copy
 import glob
 import re
-import shlex
-import sys
 from pathlib import Path
 
 import torch
 import yaml
 
 from backbone.container import OmniModel, part
-from backbone.train import TrainConfig, train
+from backbone.train import TrainConfig, cli_command, save_trained, train
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 from modalities.text import TextLMTask, make_tokenizer
@@ -79,14 +77,15 @@ def load_config(path: str | Path, required=("data", "model", "train")) -> dict:
 
 def build_text_model(cfg: dict, vocab_size: int, meta: dict | None = None) -> OmniModel:
     """The recipe's model: a preset with ``args`` overrides, or (``init_from``) the architecture
-    and weights of an existing checkpoint, to fine-tune it. ``emo: true`` gives the LM head the
-    EMO loss, its transport cost frozen from the starting weights (heads/lm.py)."""
+    and weights of an existing checkpoint, to fine-tune it (its vocabulary may be one larger than
+    the tokenizer's: a MEAP model's [MASK]). ``emo: true`` gives the LM head the EMO loss, its
+    transport cost frozen from the starting weights (heads/lm.py)."""
     m = dict(cfg["model"])
     init_from, emo = m.pop("init_from", None), bool(m.pop("emo", False))
     obj_args = {"prefix_lm": True} if cfg.get("objective", {}).get("prefix_lm") else {}
     if init_from:
         src = OmniModel.from_pretrained(resolve(init_from))
-        if src.heads["lm"].vocab_size != vocab_size:
+        if src.heads["lm"].vocab_size not in (vocab_size, vocab_size + 1):
             raise ValueError(f"{init_from} has a vocabulary of {src.heads['lm'].vocab_size}, the recipe {vocab_size}")
         config = copy.deepcopy(src.config)
         config["heads"]["lm"]["kwargs"]["emo"] = emo
@@ -127,12 +126,10 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
     val_ids = torch.tensor(tokenizer.encode(text[split:]), dtype=torch.long)
     tcfg = TrainConfig.from_dict({**cfg["train"], **(overrides or {})})
     torch.manual_seed(tcfg.seed)
-    command = "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "train" in sys.argv else None
+    command = cli_command()
     objective = cfg.get("objective", {})
     mask_id = tokenizer.vocab_size if objective.get("meap") else None  # MEAP's [MASK]: one id past the tokenizer's
     vocab = tokenizer.vocab_size + (mask_id is not None)
-    if cfg["model"].get("init_from"):
-        vocab = OmniModel.from_pretrained(resolve(cfg["model"]["init_from"])).heads["lm"].vocab_size
     model = build_text_model(cfg, vocab, meta={
         "task": cfg.get("task", "text"), "tokenizer": tokenizer.kind, "data": data["path"],
         "data_format": data.get("format", "plain"), "props": data.get("props", False),
@@ -150,6 +147,5 @@ def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "
                       objective=objective, mask_id=mask_id)
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
     if out and int(__import__("os").environ.get("RANK", "0")) == 0:
-        model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-        model.save_pretrained(out, tokenizer)
+        save_trained(model, metrics, out, tokenizer)
     return model, metrics

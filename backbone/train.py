@@ -219,6 +219,20 @@ def load_trainer_state(model, opts, ckpt: Path) -> int:
     return int(state["step"])
 
 
+# ---- what every recipe does around the loop ---------------------------------------------------
+def cli_command() -> str | None:
+    """The running ``omniar train ...`` command, for a checkpoint's meta (None outside the CLI)."""
+    import shlex
+    import sys
+    return "omniar " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if "train" in sys.argv else None
+
+
+def save_trained(model: OmniModel, metrics: dict, out, tokenizer=None) -> Path:
+    """Write the finished model with its final metrics in ``meta.final_metrics``."""
+    model.config["meta"]["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    return model.save_pretrained(out, tokenizer)
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, task, device, bf16: bool) -> dict:
