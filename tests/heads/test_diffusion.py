@@ -4,13 +4,13 @@ reproducibility, argument checks and the diffusers scheduler wiring."""
 import pytest
 import torch
 from diffusers import DDPMScheduler
-from torch import nn
 
 from backbone.container import OmniModel, part
 from backbone.transformer import ModelArgs
 from heads.diffusion import DiffusionHead, cfg_schedule, guide
 
-from continuous_toy import CODES, TARGETS, C, D, K, train_toy  # tests/heads/continuous_toy.py
+from continuous_toy import (CODES, TARGETS, C, D, K, Probe, check_backprop_into_z,  # tests/heads/continuous_toy.py
+                            check_cfg_one_equals_conditional, train_toy)
 
 
 def tiny(**kw) -> DiffusionHead:
@@ -37,22 +37,7 @@ def test_shapes_and_zero_init_output_exactly_zero():
 
 
 def test_loss_is_finite_and_backprops_into_z():
-    head = tiny()
-    z, y = torch.randn(6, D, requires_grad=True), torch.randn(6, C)
-    loss = head.loss(z, y)
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    loss.backward()
-    assert z.grad is not None and z.grad.abs().sum() == 0   # connected; 0 while adaLN-Zero layers are 0
-    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
-    for _ in range(2):                               # step 1 moves the output layer, step 2 the modulation
-        opt.step()
-        opt.zero_grad()
-        z.grad = None
-        head.loss(z, y).backward()
-    assert z.grad.abs().sum() > 0                    # from then on the backbone gets a signal
-    z.grad, head.null_z.grad = None, None
-    head.loss(z, y, drop_mask=torch.ones(6, dtype=torch.bool)).backward()   # all rows -> null_z
-    assert z.grad.abs().sum() == 0 and head.null_z.grad.abs().sum() > 0
+    check_backprop_into_z(tiny())
 
 
 def test_cond_drop_only_in_training():
@@ -73,13 +58,6 @@ def test_learns_a_conditional_toy_distribution(trained):
     assert torch.cdist(TARGETS, TARGETS).add(torch.eye(K) * 99).min() > 3
 
 
-class Probe(nn.Module):
-    """Deterministic stand-in network: output depends on x, t and z."""
-
-    def forward(self, x, t, z):
-        return x + t.float()[:, None] / 1000 + z[:, :C] * 2
-
-
 def test_cfg_combines_cond_and_null_outputs():
     head = tiny()
     head.net = Probe()
@@ -97,12 +75,7 @@ def test_cfg_combines_cond_and_null_outputs():
 
 
 def test_cfg_one_in_sampling_equals_conditional(trained):
-    z, g = CODES[[0, 1, 2, 0]], lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    plain = trained.sample(z, steps=10, generator=g())
-    torch.testing.assert_close(trained.sample(z, steps=10, cfg=torch.ones(4), generator=g()), plain)
-    guided = trained.sample(z, steps=10, cfg=torch.tensor([1.0, 1.0, 1.0, 4.0]), generator=g())
-    torch.testing.assert_close(guided[:3], plain[:3])
-    assert not torch.allclose(guided[3], plain[3])
+    check_cfg_one_equals_conditional(trained)
 
 
 def test_cfg_schedule():
