@@ -102,26 +102,52 @@ def build_batch(captions: list[list[int]], patches: Tensor, modes: list[str]) ->
             "targets": {"lm": y, "image": (select, patches.reshape(-1, d))}}
 
 
+def shapes_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
+    """n fresh shape scenes -> (images (n, 3, 32, 32) in [0, 1], prompts, full captions).
+    Captioning targets name every colour; prompts are written as users write them."""
+    from modalities.image_shapes import caption, make_scenes
+    scenes = make_scenes(n, split, seed)
+    images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
+    return images, [caption(shown) for shown, _, _ in scenes], [caption(scene) for _, scene, _ in scenes]
+
+
+def digits_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
+    """n digits drawn (with replacement) from scikit-learn's load_digits split -> (images
+    (n, 1, 8, 8) in [0, 1], prompts, captions), both "the digit 7"."""
+    from modalities.digits import caption, load_split, to_tensor
+    images, labels = load_split(split)
+    idx = np.random.default_rng(seed).integers(len(labels), size=n)
+    caps = [caption(int(y)) for y in labels[idx]]
+    return to_tensor(images[idx]), caps, caps
+
+
+DATA = {"shapes": shapes_data, "digits": digits_data}
+
+
 class ShapesT2ITask:
-    """Batches of rendered shape scenes, made fresh from (seed, step, micro): no fixed data set to
-    memorise, and a resumed run sees exactly the batches it would have seen."""
+    """Batches of text-image pairs from a ``DATA`` source (fresh shape renders, or digits), made
+    from (seed, step, micro): a resumed run sees exactly the batches it would have seen."""
 
     def __init__(self, vocab: WordVocab, tok: PatchTokenizer, batch_size: int, caption_frac: float = 0.3,
-                 caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None):
-        self.vocab, self.tok, self.batch_size, self.seed = vocab, tok, batch_size, seed
+                 caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None,
+                 order: str = "raster", data: str = "shapes"):
+        if data not in DATA:
+            raise ValueError(f"unknown data {data!r}; choose one of {', '.join(DATA)}")
+        self.vocab, self.tok, self.batch_size, self.seed, self.order = vocab, tok, batch_size, seed, order
         self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
+        self.data = DATA[data]
         self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
 
     def _batch(self, g: np.random.Generator, split: str) -> dict:
-        from modalities.image_shapes import caption, make_scenes
-        scenes = make_scenes(self.batch_size, split, int(g.integers(2**31)))
-        images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
-        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in scenes]
-        # captioning targets name every colour; prompts are written as users write them
-        caps = [self.vocab.encode(caption(scene)) if m == "cap" else
-                ([] if g.random() < self.caption_drop else self.vocab.encode(caption(shown)))
-                for (shown, scene, _), m in zip(scenes, modes)]
+        images, prompts, captions = self.data(self.batch_size, split, int(g.integers(2**31)))
+        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in prompts]
+        caps = [self.vocab.encode(c) if m == "cap" else ([] if g.random() < self.caption_drop else self.vocab.encode(p))
+                for p, c, m in zip(prompts, captions, modes)]
         batch = build_batch(caps, self.tok.encode(images), modes)
+        if self.order == "mar":
+            from apps.t2i_mar import mask_image_rows
+            gen = torch.Generator().manual_seed(int(g.integers(2**31)))
+            batch = mask_image_rows(batch, torch.tensor([m == "gen" for m in modes]), gen)
         batch["loss_weights"] = self.weights
         return batch
 
@@ -139,15 +165,21 @@ def _rows(batch: dict, rows: slice) -> dict:
     owner = sel.nonzero()[:, 0]                                      # the row of each flat target
     keep = torch.zeros(sel.shape[0], dtype=torch.bool)
     keep[rows] = True
-    patches, index = batch["adapter_inputs"]["image"]
-    return {"input_ids": batch["input_ids"][rows], "embed_mask": batch["embed_mask"][rows],
-            "adapter_inputs": {"image": (patches[rows], index[rows])}, "loss_weights": batch.get("loss_weights"),
-            "targets": {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}}
+    out = {"input_ids": batch["input_ids"][rows], "embed_mask": batch["embed_mask"][rows],
+           "adapter_inputs": {"image": tuple(t[rows] for t in batch["adapter_inputs"]["image"])},
+           "loss_weights": batch.get("loss_weights"),
+           "targets": {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}}
+    if "mask" in batch:
+        out["mask"] = batch["mask"][rows]
+    return out
 
 
 # ---- the recipe ----------------------------------------------------------------------------------
-def grammar_words() -> list[str]:
-    from modalities.image_shapes import grammar_words as words
+def grammar_words(data: str = "shapes") -> list[str]:
+    if data == "digits":
+        from modalities.digits import grammar_words as words
+    else:
+        from modalities.image_shapes import grammar_words as words
     return words()
 
 
@@ -155,8 +187,13 @@ def tokenizer_config(tok: PatchTokenizer) -> dict:
     return {"size": tok.size, "patch": tok.patch, "channels": tok.channels, "scale": tok.scale}
 
 
+ORDERS = ("raster", "mar")
+
+
 def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
-    m, h = cfg["model"], cfg.get("head", {})
+    m, h, order = cfg["model"], cfg.get("head", {}), cfg.get("order", "raster")
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; choose one of {', '.join(ORDERS)}")
     args = ModelArgs.from_name(m.get("preset", "nano"), vocab_size=vocab.vocab_size, **m.get("args", {}))
     kind = h.get("kind", "diffusion")
     if kind == "diffusion":
@@ -169,21 +206,24 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
     return OmniModel.build(
         args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab.vocab_size),
                      "image": part(Head, dim=args.dim, token_dim=tok.token_dim, **head_kw)},
-        adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, n_patches=tok.n_tokens)},
-        meta={"task": "t2i", "order": "raster", "head": kind, "image": tokenizer_config(tok)})
+        adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, n_patches=tok.n_tokens,
+                                **({"mask_token": True} if order == "mar" else {}))},
+        meta={"task": "t2i", "order": order, "head": kind, "image": tokenizer_config(tok),
+              "data": cfg.get("data", {}).get("kind", "shapes")})
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     tok = PatchTokenizer(**cfg.get("image", {}))
-    vocab = WordVocab(grammar_words())
+    d = cfg.get("data", {})
+    vocab = WordVocab(grammar_words(d.get("kind", "shapes")))
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model = build_model(cfg, vocab, tok)
     if cli_command():
         model.config["meta"]["train_command"] = cli_command()
-    d = cfg.get("data", {})
     task = ShapesT2ITask(vocab, tok, tcfg.batch_size, d.get("caption_frac", 0.3), d.get("caption_drop", 0.1),
-                         tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"))
+                         tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"),
+                         cfg.get("order", "raster"), d.get("kind", "shapes"))
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=vocab)
     if out:
         save_trained(model, metrics, out, vocab)
@@ -198,6 +238,7 @@ class ImageModel:
     def __init__(self, model: OmniModel, vocab: WordVocab):
         self.model, self.vocab = model.eval(), vocab
         self.tok = PatchTokenizer(**model.config["meta"]["image"])
+        self.order = model.config["meta"].get("order", "raster")
 
     @classmethod
     def from_pretrained(cls, folder, device=None) -> "ImageModel":
@@ -210,9 +251,11 @@ class ImageModel:
 
     @torch.no_grad()
     def text_to_image(self, prompts: list[str], steps: int = 25, cfg: float = 3.0, temperature: float = 1.0,
-                      seed: int = 0, cfg_schedule: str = "constant") -> Tensor:
+                      seed: int = 0, cfg_schedule: str = "constant", passes: int = 16) -> Tensor:
         """Generate one image per prompt -> (B, 3, H, W) in [0, 1].
 
+        ``steps``: denoising steps of the head per patch. ``passes``: backbone passes of a masked
+        (MAR) order, 1 to N (apps/t2i_mar.py); the raster order makes one per patch.
         Raster order: the cond rows (caption) and null rows (no caption) decode together; each
         patch is sampled from the guided head output and fed back to both. ``cfg_schedule``
         "linear" ramps the scale from 1 to ``cfg`` over the patches (MAR); for this raster model a
@@ -233,6 +276,14 @@ class ImageModel:
         head = self.model.heads["image"]
         gen = torch.Generator(device=dev).manual_seed(seed)
         h, state = prefill(self.model, ids.to(dev), am.to(dev), ids.shape[1] + N)
+        if self.order == "mar":
+            from apps.t2i_mar import sample_block
+            try:
+                x = sample_block(self.model, state, B, N, passes, {"steps": steps, "temperature": temperature},
+                                 gen, guided, lambda p: ramp(cfg_schedule, cfg, p), commit=False)
+            finally:
+                self.model.backbone.clear_cache()
+            return self.tok.decode(x)
         out = []
         try:
             for i in range(N):
@@ -276,13 +327,19 @@ class ImageModel:
                     words = []
                 if images:  # one image per sequence, as in training
                     break
-                patches = []
-                for i in range(N):
-                    p = head.sample(h, steps=steps, cfg=1.0, temperature=temperature, generator=gen)  # (1, d)
-                    patches.append(p)
-                    h = decode_one_embedding(self.model, self._embed(p, i), state)
+                if self.order == "mar":
+                    from apps.t2i_mar import sample_block
+                    img = sample_block(self.model, state, 1, N, min(16, N), {"steps": steps, "temperature": temperature},
+                                       gen, False, None)                                      # (1, N, d)
+                else:
+                    patches = []
+                    for i in range(N):
+                        p = head.sample(h, steps=steps, cfg=1.0, temperature=temperature, generator=gen)  # (1, d)
+                        patches.append(p)
+                        h = decode_one_embedding(self.model, self._embed(p, i), state)
+                    img = torch.stack(patches, 1)
                 h = decode_one_token(self.model, torch.tensor([EOI], device=dev), state)
-                segments.append(self.tok.decode(torch.stack(patches, 1))[0])
+                segments.append(self.tok.decode(img)[0])
                 images += 1
         finally:
             self.model.backbone.clear_cache()
@@ -301,8 +358,12 @@ class ImageModel:
         seq = torch.zeros(B, N + 3, patches.shape[-1], device=dev)
         seq[:, 2:2 + N] = patches.to(dev)
         emb = self.model.adapters["image"]((seq, index))
+        block = None
+        if self.order == "mar":  # the image block is bidirectional, as in training
+            block = torch.arange(N + 3, device=dev)
+            block[2:2 + N] = 2
         h, state = prefill(self.model, ids, torch.ones_like(ids), N + 3 + max_words, embeds=emb,
-                           embed_mask=index >= 0)
+                           embed_mask=index >= 0, block_ids=block)
         words = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool)
         try:
@@ -323,11 +384,10 @@ class ImageModel:
 MAX_SIDE = 4096  # refuse decompression bombs and absurd uploads before resizing
 
 
-def read_image(path) -> Tensor:
-    """An image file -> (1, 3, 32, 32) in [0, 1]; clear ValueError for non-images and huge sizes.
-    Larger images are resized with nearest-neighbour sampling, which keeps flat palette colours."""
+def read_image(path, tok: PatchTokenizer | None = None) -> Tensor:
+    """An image file -> (1, C, H, W) in [0, 1] at the tokenizer's size (default 32x32 RGB); clear
+    ValueError for non-images and huge sizes. Other sizes are box-resized."""
     from PIL import Image, UnidentifiedImageError
-    from modalities.image import PatchTokenizer
     try:
         with Image.open(path) as im:
             if max(im.size) > MAX_SIDE:
@@ -336,7 +396,7 @@ def read_image(path) -> Tensor:
             im.load()
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
-    return PatchTokenizer().from_pil([im], resize=True)
+    return (tok or PatchTokenizer()).from_pil([im], resize=True)
 
 
 def save_images(images: Tensor, path, nrow: int | None = None):
@@ -360,4 +420,4 @@ def cli_text_to_image(a):
 
 def cli_caption(a):
     m = ImageModel.from_pretrained(a.model, device=a.device)
-    print(m.caption(read_image(a.image))[0])
+    print(m.caption(read_image(a.image, m.tok))[0])

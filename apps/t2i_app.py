@@ -1,7 +1,10 @@
 """Images app: text-to-image (a gallery) and captioning (upload an image, get a caption) on one
 checkpoint.
 
-    python -m apps.t2i_app --model assets/t2i-shapes [--host 127.0.0.1] [--port 7860]
+    python -m apps.t2i_app --model assets/t2i-shapes[,assets/t2i-shapes-flow,...] [--host 127.0.0.1] [--port 7860]
+
+Several checkpoints (comma-separated) fill the order and head menus: a generation order and a
+head are properties of a trained checkpoint, so picking them picks the checkpoint.
 
 ``build_demo(model)`` does no work until an event fires. Bad input (an empty prompt, words the
 grammar does not know, a non-image upload, a huge image, out-of-range settings) ends as a
@@ -34,19 +37,33 @@ def _show(images) -> list[np.ndarray]:
     return [im.repeat(k, 0).repeat(k, 1) for im in arr]
 
 
-def make_generate_fn(model):
+def _kind(model) -> tuple[str, str]:
+    meta = model.model.config["meta"]
+    return meta.get("order", "raster"), meta.get("head", "diffusion")
+
+
+def _by_kind(models) -> dict:
+    models = models if isinstance(models, (list, tuple)) else [models]
+    return {_kind(m): m for m in models}
+
+
+def make_generate_fn(models):
+    """models: an ImageModel or a list of them (one per order x head)."""
+    table = _by_kind(models)
+
     @user_errors("Cannot generate", "generation")
-    def generate(prompt, n, steps, cfg, temperature, seed, order, head):
-        if order != model.model.config["meta"].get("order", "raster"):
-            raise ValueError(f"this checkpoint generates in {model.model.config['meta'].get('order', 'raster')!r} "
-                             f"order; {order!r} needs a checkpoint trained for it")
-        if head != model.model.config["meta"].get("head", "diffusion"):
-            raise ValueError(f"this checkpoint has a {model.model.config['meta'].get('head')!r} head, not {head!r}")
+    def generate(prompt, n, steps, cfg, temperature, seed, order, head, passes=16):
+        model = table.get((order, head))
+        if model is None:
+            have = ", ".join(f"{o}/{h}" for o, h in table)
+            raise ValueError(f"no loaded checkpoint generates in {order!r} order with a {head!r} head "
+                             f"(loaded: {have}); that pair needs a checkpoint trained for it")
         n = in_range("number of images", n, 1, 16)
+        kw = {"passes": in_range("passes", passes, 1, model.tok.n_tokens)} if order == "mar" else {}
         images = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
                                      cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
                                      temperature=in_range("temperature", temperature, 0, 2, whole=False),
-                                     seed=in_range("seed", seed, 0, 2**62))
+                                     seed=in_range("seed", seed, 0, 2**62), **kw)
         return [(im, f"{prompt} #{i + 1}") for i, im in enumerate(_show(images))]
     return generate
 
@@ -60,13 +77,16 @@ def make_caption_fn(model):
             raise ValueError("no image uploaded; choose a PNG or JPEG")
         if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
             raise ValueError(f"the file is {Path(path).stat().st_size} bytes; the limit is {MAX_UPLOAD_BYTES}")
-        image = read_image(path)
+        image = read_image(path, model.tok)
         return model.caption(image)[0] or "(no caption)", _show(image)[0]
     return caption
 
 
-def build_demo(model, title: str = "OmniAR images") -> gr.Blocks:
-    """The images app as a Blocks (not launched). ``model``: an apps.t2i.ImageModel."""
+def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
+    """The images app as a Blocks (not launched). ``models``: an apps.t2i.ImageModel or a list of
+    them; the first is the default and does the captioning."""
+    table = _by_kind(models)
+    model = next(iter(table.values()))
     meta = model.model.config["meta"]
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"### Text to image and captioning, one model\nA {model.model.num_params() / 1e6:.1f}M-parameter "
@@ -86,10 +106,12 @@ def build_demo(model, title: str = "OmniAR images") -> gr.Blocks:
                     cfg = gr.Slider(0.0, 10.0, value=3.0, step=0.5, label="CFG scale", info="1 = off")
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                     seed = gr.Number(value=0, label="Seed")
-                    order = gr.Dropdown(["raster"], value=meta.get("order", "raster"), label="Order")
-                    head = gr.Dropdown(["diffusion", "flow"], value=meta.get("head", "diffusion"), label="Head")
+                    order = gr.Dropdown(sorted({o for o, _ in table}), value=meta.get("order", "raster"), label="Order")
+                    head = gr.Dropdown(sorted({h for _, h in table}), value=meta.get("head", "diffusion"), label="Head")
+                    passes = gr.Slider(1, model.tok.n_tokens, value=16, step=1, label="Passes (masked order)")
             gallery = gr.Gallery(label="Images", columns=4, height=420, elem_id="t2i-gallery")
-            go.click(make_generate_fn(model), [prompt, n, steps, cfg, temperature, seed, order, head], [gallery],
+            go.click(make_generate_fn(list(table.values())), [prompt, n, steps, cfg, temperature, seed, order, head,
+                                                              passes], [gallery],
                      api_name="t2i", concurrency_limit=1, concurrency_id="omniar-image-model")
         with gr.Tab("Caption"):
             with gr.Row():
@@ -103,12 +125,16 @@ def build_demo(model, title: str = "OmniAR images") -> gr.Blocks:
     return demo
 
 
-def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
-    """Checkpoint folder -> images app Blocks (FileNotFoundError with the training command)."""
+def load_app(folders: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
+    """Checkpoint folder(s), comma-separated -> images app Blocks (FileNotFoundError with the
+    training command)."""
     from apps.t2i import ImageModel
-    folder = check_checkpoint(folder, "text-to-image", TRAIN_COMMAND, files=("config.json", "model.safetensors",
-                                                                              "vocab.json"))
-    return build_demo(ImageModel.from_pretrained(str(folder), device=device))
+    models = []
+    for folder in str(folders).split(","):
+        folder = check_checkpoint(folder.strip(), "text-to-image", TRAIN_COMMAND,
+                                  files=("config.json", "model.safetensors", "vocab.json"))
+        models.append(ImageModel.from_pretrained(str(folder), device=device))
+    return build_demo(models)
 
 
 def main(argv=None) -> int:

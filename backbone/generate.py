@@ -46,11 +46,13 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
 @torch.no_grad()
 def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
             static: bool = False, embeds: Tensor | None = None,
-            embed_mask: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+            embed_mask: Tensor | None = None, block_ids: Tensor | None = None) -> tuple[Tensor, DecodeState]:
     """Run the prompt through the backbone, filling the cache.
 
     input_ids, attention_mask: (B, P). ``embeds`` (B, P, D) + ``embed_mask`` (B, P): continuous
-    inputs (image patches) at the masked positions of a mixed prompt.
+    inputs (image patches) at the masked positions of a mixed prompt. ``block_ids`` (B, P) or
+    (P,): the prompt's attention pattern as non-decreasing block ids (backbone/masks.py), e.g.
+    an image block seen bidirectionally by a masked-order model; default causal.
     Returns the last hidden state (B, D) and the DecodeState.
     """
     B, P = input_ids.shape
@@ -65,10 +67,13 @@ def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
     if padded:
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
         key_valid[:, :P] = attention_mask.bool()
-    if padded or static or bidirectional:
+    if padded or static or bidirectional or block_ids is not None:
         S = max_seq if static else P
         block_q, block_k = input_pos, torch.arange(S, device=dev)
-        if bidirectional:  # every prompt slot is block 0; (static) unwritten slots stay hidden
+        if block_ids is not None:  # (static) unwritten slots get ids above every prompt id
+            block_q = block_ids.to(dev)
+            block_k = torch.cat([block_q, (block_k[P:] + int(block_q.max()) + 1).expand(*block_q.shape[:-1], -1)], -1)
+        elif bidirectional:  # every prompt slot is block 0; (static) unwritten slots stay hidden
             block_q, block_k = torch.zeros_like(input_pos), (block_k >= P).long()
         mask = build_mask(block_q, block_k, None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
     h = bb(input_ids=input_ids, embeds=embeds, embed_mask=embed_mask, positions=positions, mask=mask,
@@ -121,6 +126,31 @@ def decode_one_embedding(model, embed: Tensor, state: DecodeState) -> Tensor:
     h = bb(embeds=embed[:, None], positions=state.positions[:, None], mask=_step_mask(bb, state, slot),
            input_pos=slot)[:, -1]
     _advance(state)
+    return h
+
+
+@torch.no_grad()
+def decode_block(model, embeds: Tensor, state: DecodeState, commit: bool = False) -> Tensor:
+    """Run a block of continuous inputs at the next N cache slots: the block sees everything
+    before it and itself bidirectionally (MAR's masked image block). embeds (B, N, D) -> h (B, N, D).
+
+    The state only advances with ``commit=True``: calling again rewrites the same slots, which is
+    how a masked order refines its block over several passes before committing the final one."""
+    bb = model.backbone
+    B, N, _ = embeds.shape
+    slots = torch.arange(state.next_slot, state.next_slot + N, device=embeds.device)        # (N,)
+    S = bb.layers[0].attn.kv_cache.max_seq if state.static else state.next_slot + N
+    if state.next_slot + N > bb.layers[0].attn.kv_cache.max_seq:
+        raise ValueError(f"a block of {N} does not fit the cache after slot {state.next_slot}")
+    keys = (torch.arange(S, device=embeds.device) < state.next_slot + N)[None, :]               # (1, S)
+    if state.key_valid is not None:
+        keys = keys & state.key_valid[:, :S]
+    positions = state.positions[:, None] + torch.arange(N, device=embeds.device)             # (B, N)
+    h = bb(embeds=embeds, positions=positions, mask=keys[:, None, None, :], input_pos=slots)
+    if commit:
+        state.positions = state.positions + N
+        state.next_slot += N
+        state.step += N
     return h
 
 

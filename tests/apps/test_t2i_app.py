@@ -38,7 +38,7 @@ def test_generate_returns_a_gallery(model):
     (dict(steps=float("nan")), "steps must be"),
     (dict(cfg="strong"), "CFG scale must be a number"),
     (dict(order="next-scale"), "needs a checkpoint trained for it"),
-    (dict(head="flow"), "has a 'diffusion' head"),
+    (dict(head="flow"), "no loaded checkpoint generates in 'raster' order with a 'flow' head (loaded: raster/diffusion)"),
 ])
 def test_bad_input_is_a_clear_error(model, bad, message):
     import gradio as gr
