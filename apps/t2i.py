@@ -16,14 +16,15 @@ training loss is ``lm_weight * LM + image_weight * diffusion`` (MMAR balances th
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from backbone.container import OmniModel, atomic_write_text, part
+from apps.t2i_data import (BOI, BOS, DATA, EOI, EOS, IMG, PAD, SPECIALS, ShapesT2ITask, WordVocab,  # noqa: F401
+                           _rows, build_batch, digits_data, grammar_words, shapes_data)
+from backbone.container import OmniModel, part
 from backbone.generate import decode_n_tokens, decode_one_embedding, decode_one_token, left_pad, prefill
 from backbone.sampling import SamplingParams
 from backbone.train import TrainConfig, cli_command, save_trained, train
@@ -32,158 +33,29 @@ from heads.lm import LMHead
 from modalities.image import PatchTokenizer
 from modalities.image_embed import PatchEmbed
 
-SPECIALS = ["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<img>"]  # <img>: placeholder id at patch slots
-PAD, BOS, EOS, BOI, EOI, IMG = range(len(SPECIALS))
+
+def make_tokenizer(image: dict | None, base=None, device=None):
+    """The ``image:`` config -> a PatchTokenizer (pixel patches, the default) or, with ``tokenizer:
+    latent`` and ``folder`` (a local diffusers AutoencoderKL folder, relative to ``base``), a
+    LatentTokenizer (modalities/image_latent.py: latent patches, for larger images and GPUs)."""
+    c = dict(image or {})
+    kind = c.pop("tokenizer", "patch")
+    if kind == "patch":
+        return PatchTokenizer(**c)
+    if kind != "latent":
+        raise ValueError(f"unknown image tokenizer {kind!r}; choose 'patch' or 'latent'")
+    from modalities.image_latent import LatentTokenizer
+    folder = c.pop("folder", None)
+    if not folder:
+        raise ValueError("image.tokenizer 'latent' needs image.folder (a local diffusers AutoencoderKL folder)")
+    c.pop("channels", None)
+    c.pop("scale", None)                                   # both come from the VAE
+    return LatentTokenizer.from_pretrained(Path(base or ".") / folder, device=device, **c)
 
 
-class WordVocab:
-    """Whole-word tokenizer over a small grammar's words; unknown words are named in the error."""
-    kind = "words"
-
-    def __init__(self, words: list[str]):
-        self.itos = SPECIALS + sorted(set(words) - set(SPECIALS))
-        self.stoi = {w: i for i, w in enumerate(self.itos)}
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
-    def words(self, text: str) -> list[str]:
-        return text.lower().replace(",", " ").strip().rstrip(".").split()
-
-    def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str) or not text.strip():
-            raise ValueError("the prompt is empty; describe the image, e.g. 'a red circle to the left of a blue square'")
-        words = self.words(text)
-        unknown = sorted({w for w in words if w not in self.stoi or w in SPECIALS})
-        if unknown:
-            known = ", ".join(w for w in self.itos if w not in SPECIALS)
-            raise ValueError(f"unknown word(s) {', '.join(repr(w) for w in unknown)}; the model knows: {known}")
-        return [self.stoi[w] for w in words]
-
-    def decode(self, ids) -> str:
-        return " ".join(self.itos[int(i)] for i in ids if int(i) >= len(SPECIALS))
-
-    def save(self, folder: str | Path):
-        atomic_write_text(Path(folder) / "vocab.json", json.dumps({"kind": self.kind, "words": self.itos}))
-
-    @classmethod
-    def load(cls, folder: str | Path) -> "WordVocab":
-        f = Path(folder) / "vocab.json"
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} not found: not a text-to-image checkpoint")
-        return cls(json.loads(f.read_text())["words"])
-
-
-# ---- sequences -----------------------------------------------------------------------------------
-def build_batch(captions: list[list[int]], patches: Tensor, modes: list[str]) -> dict:
-    """Pack (caption ids, image patches (B, N, d)) pairs as t2i ("gen") or captioning ("cap")
-    sequences, right-padded. Returns the trainer's batch: input_ids (B, T), the image adapter's
-    (patches (B, T, d), index (B, T)), embed_mask (B, T), and targets: "lm" (B, T) with -100 where
-    nothing is scored, "image" (select (B, T), patches (M, d)) at the positions before each patch."""
-    B, N, d = patches.shape
-    seqs = []
-    for cap, mode in zip(captions, modes):
-        img = [IMG] * N
-        seqs.append([BOS, *cap, BOI, *img, EOI, EOS] if mode == "gen" else [BOS, BOI, *img, EOI, *cap, EOS])
-    T = max(len(s) for s in seqs) - 1
-    ids = torch.full((B, T), PAD, dtype=torch.long)
-    y = torch.full((B, T), -100, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        s = torch.tensor(s)
-        ids[b, :len(s) - 1], y[b, :len(s) - 1] = s[:-1], s[1:]
-    is_patch = ids == IMG
-    index = torch.where(is_patch, is_patch.long().cumsum(1) - 1, torch.full_like(ids, -1))  # (B, T)
-    seq_patches = torch.zeros(B, T, d)
-    seq_patches[is_patch] = patches.reshape(-1, d)
-    select = y == IMG                                  # the position before each patch predicts it
-    y = y.masked_fill(select, -100)
-    return {"input_ids": ids, "adapter_inputs": {"image": (seq_patches, index)}, "embed_mask": is_patch,
-            "targets": {"lm": y, "image": (select, patches.reshape(-1, d))}}
-
-
-def shapes_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
-    """n fresh shape scenes -> (images (n, 3, 32, 32) in [0, 1], prompts, full captions).
-    Captioning targets name every colour; prompts are written as users write them."""
-    from modalities.image_shapes import caption, make_scenes
-    scenes = make_scenes(n, split, seed)
-    images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
-    return images, [caption(shown) for shown, _, _ in scenes], [caption(scene) for _, scene, _ in scenes]
-
-
-def digits_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
-    """n digits drawn (with replacement) from scikit-learn's load_digits split -> (images
-    (n, 1, 8, 8) in [0, 1], prompts, captions), both "the digit 7"."""
-    from modalities.digits import caption, load_split, to_tensor
-    images, labels = load_split(split)
-    idx = np.random.default_rng(seed).integers(len(labels), size=n)
-    caps = [caption(int(y)) for y in labels[idx]]
-    return to_tensor(images[idx]), caps, caps
-
-
-DATA = {"shapes": shapes_data, "digits": digits_data}
-
-
-class ShapesT2ITask:
-    """Batches of text-image pairs from a ``DATA`` source (fresh shape renders, or digits), made
-    from (seed, step, micro): a resumed run sees exactly the batches it would have seen."""
-
-    def __init__(self, vocab: WordVocab, tok: PatchTokenizer, batch_size: int, caption_frac: float = 0.3,
-                 caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None,
-                 order: str = "raster", data: str = "shapes"):
-        if data not in DATA:
-            raise ValueError(f"unknown data {data!r}; choose one of {', '.join(DATA)}")
-        self.vocab, self.tok, self.batch_size, self.seed, self.order = vocab, tok, batch_size, seed, order
-        self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
-        self.data = DATA[data]
-        self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
-
-    def _batch(self, g: np.random.Generator, split: str) -> dict:
-        images, prompts, captions = self.data(self.batch_size, split, int(g.integers(2**31)))
-        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in prompts]
-        caps = [self.vocab.encode(c) if m == "cap" else ([] if g.random() < self.caption_drop else self.vocab.encode(p))
-                for p, c, m in zip(prompts, captions, modes)]
-        batch = build_batch(caps, self.tok.encode(images), modes)
-        if self.order == "mar":
-            from apps.t2i_mar import mask_image_rows
-            gen = torch.Generator().manual_seed(int(g.integers(2**31)))
-            batch = mask_image_rows(batch, torch.tensor([m == "gen" for m in modes]), gen)
-        batch["loss_weights"] = self.weights
-        return batch
-
-    def train_batch(self, step: int, micro: int, rows: slice) -> dict:
-        full = self._batch(np.random.default_rng([self.seed, step, micro]), "train")
-        return _rows(full, rows)
-
-    def eval_batches(self) -> list[dict]:
-        return self._eval
-
-
-def _rows(batch: dict, rows: slice) -> dict:
-    """A rank's rows of a global batch; the flat (M, d) image targets keep the selected rows' patches."""
-    sel, tgt = batch["targets"]["image"]
-    owner = sel.nonzero()[:, 0]                                      # the row of each flat target
-    keep = torch.zeros(sel.shape[0], dtype=torch.bool)
-    keep[rows] = True
-    out = {"input_ids": batch["input_ids"][rows], "embed_mask": batch["embed_mask"][rows],
-           "adapter_inputs": {"image": tuple(t[rows] for t in batch["adapter_inputs"]["image"])},
-           "loss_weights": batch.get("loss_weights"),
-           "targets": {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}}
-    if "mask" in batch:
-        out["mask"] = batch["mask"][rows]
-    return out
-
-
-# ---- the recipe ----------------------------------------------------------------------------------
-def grammar_words(data: str = "shapes") -> list[str]:
-    if data == "digits":
-        from modalities.digits import grammar_words as words
-    else:
-        from modalities.image_shapes import grammar_words as words
-    return words()
-
-
-def tokenizer_config(tok: PatchTokenizer) -> dict:
+def tokenizer_config(tok) -> dict:
+    if hasattr(tok, "vae"):   # a latent model carries its VAE inside the checkpoint folder (vae/)
+        return {"tokenizer": "latent", "folder": "vae", **tok.config()}
     return {"size": tok.size, "patch": tok.patch, "channels": tok.channels, "scale": tok.scale}
 
 
@@ -213,7 +85,7 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
-    tok = PatchTokenizer(**cfg.get("image", {}))
+    tok = make_tokenizer(cfg.get("image"), device=device)
     d = cfg.get("data", {})
     vocab = WordVocab(grammar_words(d.get("kind", "shapes")))
     tcfg = TrainConfig.from_dict(cfg["train"])
@@ -227,6 +99,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=vocab)
     if out:
         save_trained(model, metrics, out, vocab)
+        if hasattr(tok, "vae"):
+            tok.save_pretrained(Path(out) / "vae")
     return model, metrics
 
 
@@ -235,14 +109,14 @@ class ImageModel:
     """The shipped checkpoint: ``text_to_image`` and ``caption`` on the same weights."""
     MAX_PROMPTS = 64
 
-    def __init__(self, model: OmniModel, vocab: WordVocab):
+    def __init__(self, model: OmniModel, vocab: WordVocab, folder=None):
         self.model, self.vocab = model.eval(), vocab
-        self.tok = PatchTokenizer(**model.config["meta"]["image"])
+        self.tok = make_tokenizer(model.config["meta"]["image"], folder, next(model.parameters()).device)
         self.order = model.config["meta"].get("order", "raster")
 
     @classmethod
     def from_pretrained(cls, folder, device=None) -> "ImageModel":
-        return cls(OmniModel.from_pretrained(folder, device=device), WordVocab.load(folder))
+        return cls(OmniModel.from_pretrained(folder, device=device), WordVocab.load(folder), folder)
 
     def _embed(self, x: Tensor, index: int) -> Tensor:
         """x (B, d) patches at raster index -> (B, D) input embeddings."""

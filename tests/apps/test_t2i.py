@@ -142,3 +142,21 @@ def test_read_image_refuses_huge_and_resizes(tmp_path):
     ok = tmp_path / "ok.png"
     Image.fromarray(np.full((64, 64, 3), 255, np.uint8)).save(ok)
     assert t2i.read_image(ok).shape == (1, 3, 32, 32)
+
+
+def test_latent_tokenizer_option_trains_saves_and_generates(tmp_path):
+    """image: {tokenizer: latent}: a diffusers AutoencoderKL's latent patches replace pixel patches;
+    the checkpoint carries its VAE (vae/) and loads without the training folder."""
+    from modalities.image_latent import small_autoencoder_config, train_autoencoder
+    vae = train_autoencoder(lambda n, s: t2i.shapes_data(n, "train", s)[0], steps=0, batch_size=4,
+                            config=small_autoencoder_config(width=16, attention=False), out=tmp_path / "vae")
+    cfg = tiny_cfg(tmp_path)
+    cfg["image"] = {"tokenizer": "latent", "folder": str(tmp_path / "vae"), "patch": 2}
+    t2i.run(cfg, out=str(tmp_path / "model"))
+    (tmp_path / "vae").rename(tmp_path / "moved")                  # the checkpoint must not need it
+    m = t2i.ImageModel.from_pretrained(tmp_path / "model")
+    assert m.tok.n_tokens == 64 and m.tok.token_dim == 16 == vae.token_dim * 4
+    x = m.text_to_image(["a red circle"], steps=2, cfg=1.0)
+    assert x.shape == (1, 3, 32, 32) and len(m.caption(x)) == 1
+    with pytest.raises(ValueError, match="unknown image tokenizer"):
+        t2i.make_tokenizer({"tokenizer": "vq"})
