@@ -59,7 +59,7 @@ def tokenizer_config(tok) -> dict:
     return {"size": tok.size, "patch": tok.patch, "channels": tok.channels, "scale": tok.scale}
 
 
-ORDERS = ("raster", "mar")
+ORDERS = ("raster", "mar", "next_scale", "next_cell")
 
 
 def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
@@ -75,13 +75,17 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
     else:
         raise ValueError(f"unknown head kind {kind!r}; choose 'diffusion' or 'flow'")
     head_kw = {k: v for k, v in h.items() if k != "kind"}
+    if order in ("next_scale", "next_cell"):  # apps/t2i_blocks.py: one patch index per slot, a learned start
+        from apps.t2i_blocks import adapter_kwargs, order_options
+        adapter_kw, order_kw = adapter_kwargs(order, tok.n_side), order_options(order, cfg.get("order_kw"))
+    else:
+        adapter_kw, order_kw = {"n_patches": tok.n_tokens, **({"mask_token": True} if order == "mar" else {})}, {}
     return OmniModel.build(
         args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab.vocab_size),
                      "image": part(Head, dim=args.dim, token_dim=tok.token_dim, **head_kw)},
-        adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, n_patches=tok.n_tokens,
-                                **({"mask_token": True} if order == "mar" else {}))},
+        adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, **adapter_kw)},
         meta={"task": "t2i", "order": order, "head": kind, "image": tokenizer_config(tok),
-              "data": cfg.get("data", {}).get("kind", "shapes")})
+              "data": cfg.get("data", {}).get("kind", "shapes"), **({"order_kw": order_kw} if order_kw else {})})
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
@@ -95,7 +99,7 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
         model.config["meta"]["train_command"] = cli_command()
     task = ShapesT2ITask(vocab, tok, tcfg.batch_size, d.get("caption_frac", 0.3), d.get("caption_drop", 0.1),
                          tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"),
-                         cfg.get("order", "raster"), d.get("kind", "shapes"))
+                         cfg.get("order", "raster"), d.get("kind", "shapes"), model.config["meta"].get("order_kw"))
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=vocab)
     if out:
         save_trained(model, metrics, out, vocab)
@@ -113,6 +117,7 @@ class ImageModel:
         self.model, self.vocab = model.eval(), vocab
         self.tok = make_tokenizer(model.config["meta"]["image"], folder, next(model.parameters()).device)
         self.order = model.config["meta"].get("order", "raster")
+        self.order_kw = model.config["meta"].get("order_kw", {})       # next_scale / next_cell options
 
     @classmethod
     def from_pretrained(cls, folder, device=None) -> "ImageModel":
@@ -149,7 +154,16 @@ class ImageModel:
         ids, am = left_pad(rows, PAD)
         head = self.model.heads["image"]
         gen = torch.Generator(device=dev).manual_seed(seed)
-        h, state = prefill(self.model, ids.to(dev), am.to(dev), ids.shape[1] + N)
+        h, state = prefill(self.model, ids.to(dev), am.to(dev), ids.shape[1] + self.model.adapters["image"].n_patches)
+        if self.order in ("next_scale", "next_cell"):  # one committed block per scale / cell (apps/t2i_blocks.py)
+            from apps.t2i_blocks import SAMPLERS
+            try:
+                x = SAMPLERS[self.order](self.model, state, B, {"steps": steps, "temperature": temperature}, gen,
+                                         guided, lambda p: ramp(cfg_schedule, cfg, p), patch=self.tok.patch,
+                                         **self.order_kw)
+            finally:
+                self.model.backbone.clear_cache()
+            return self.tok.decode(x)
         if self.order == "mar":
             from apps.t2i_mar import sample_block
             try:
@@ -184,7 +198,8 @@ class ImageModel:
         gen = torch.Generator(device=dev).manual_seed(seed)
         text_params = SamplingParams(temperature=temperature)
         x = torch.tensor([ids], device=dev)
-        h, state = prefill(self.model, x, torch.ones_like(x), len(ids) + 2 * max_words + N + 4)
+        slots = self.model.adapters["image"].n_patches                     # N, or 85 for next_scale
+        h, state = prefill(self.model, x, torch.ones_like(x), len(ids) + 2 * max_words + slots + 4)
         segments, words, n_words, images = [], list(ids[1:]), 0, 0
         try:
             while n_words < max_words:
@@ -205,6 +220,10 @@ class ImageModel:
                     from apps.t2i_mar import sample_block
                     img = sample_block(self.model, state, 1, N, min(16, N), {"steps": steps, "temperature": temperature},
                                        gen, False, None)                                      # (1, N, d)
+                elif self.order in ("next_scale", "next_cell"):
+                    from apps.t2i_blocks import SAMPLERS
+                    img = SAMPLERS[self.order](self.model, state, 1, {"steps": steps, "temperature": temperature},
+                                               gen, False, None, patch=self.tok.patch, **self.order_kw)  # (1, N, d)
                 else:
                     patches = []
                     for i in range(N):
@@ -228,12 +247,13 @@ class ImageModel:
         B, N, _ = patches.shape
         dev = next(self.model.parameters()).device
         ids = torch.tensor([[BOS, BOI] + [IMG] * N + [EOI]] * B, device=dev)
-        index = torch.tensor([-1, -1] + list(range(N)) + [-1], device=dev).expand(B, -1)
+        first = self.model.adapters["image"].n_patches - N        # next_scale: the finest scale's slots 21..84
+        index = torch.tensor([-1, -1] + list(range(first, first + N)) + [-1], device=dev).expand(B, -1)
         seq = torch.zeros(B, N + 3, patches.shape[-1], device=dev)
         seq[:, 2:2 + N] = patches.to(dev)
         emb = self.model.adapters["image"]((seq, index))
         block = None
-        if self.order == "mar":  # the image block is bidirectional, as in training
+        if self.order in ("mar", "next_scale", "next_cell"):  # the image block is bidirectional, as in training
             block = torch.arange(N + 3, device=dev)
             block[2:2 + N] = 2
         h, state = prefill(self.model, ids, torch.ones_like(ids), N + 3 + max_words, embeds=emb,

@@ -114,12 +114,13 @@ class ShapesT2ITask:
 
     def __init__(self, vocab: WordVocab, tok: PatchTokenizer, batch_size: int, caption_frac: float = 0.3,
                  caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None,
-                 order: str = "raster", data: str = "shapes"):
+                 order: str = "raster", data: str = "shapes", order_kw: dict | None = None):
         if data not in DATA:
             raise ValueError(f"unknown data {data!r}; choose one of {', '.join(DATA)}")
         self.vocab, self.tok, self.batch_size, self.seed, self.order = vocab, tok, batch_size, seed, order
         self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
         self.data = DATA[data]
+        self.order_kw = order_kw or {}                    # next_scale / next_cell options (apps/t2i_blocks.py)
         self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
 
     def _batch(self, g: np.random.Generator, split: str) -> dict:
@@ -132,6 +133,11 @@ class ShapesT2ITask:
             from apps.t2i_mar import mask_image_rows
             gen = torch.Generator().manual_seed(int(g.integers(2**31)))
             batch = mask_image_rows(batch, torch.tensor([m == "gen" for m in modes]), gen)
+        elif self.order in ("next_scale", "next_cell"):
+            from apps.t2i_blocks import BATCHES
+            gen = torch.Generator().manual_seed(int(g.integers(2**31)))
+            batch = BATCHES[self.order](batch, torch.tensor([m == "gen" for m in modes]), gen, patch=self.tok.patch,
+                                        **self.order_kw)
         batch["loss_weights"] = self.weights
         return batch
 
