@@ -24,7 +24,7 @@ import numpy as np
 
 from apps.serving import check_checkpoint, in_range, serve, user_errors
 
-DEFAULT_MODEL = "assets/t2i-shapes"
+DEFAULT_MODEL = "assets/t2i-shapes,assets/t2i-shapes-flow,assets/t2i-shapes-mar"  # the first: default pair, captions
 TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes.yaml"
 MAX_UPLOAD_BYTES = 10 << 20
 SHOW_PX = 192  # generated 32x32 images are shown enlarged (nearest neighbour: crisp pixels)

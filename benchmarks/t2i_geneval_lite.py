@@ -34,7 +34,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", help="path or name=path (default: assets/t2i-shapes)")
     ap.add_argument("--unet", help="folder of the UNet baseline (python benchmarks/t2i_unet.py --seconds S --out DIR)")
-    ap.add_argument("--passes", type=int, default=16, help="backbone passes of a masked (MAR) order")
+    ap.add_argument("--passes", type=int, nargs="+", default=[16], help="backbone passes of a masked (MAR) order; "
+                    "several values give one row each")
     ap.add_argument("--per-task", type=int, default=24)
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
@@ -64,8 +65,8 @@ def main():
         name, path = spec.split("=", 1) if "=" in spec else (None, spec)
         m = ImageModel.from_pretrained(path)
         meta = m.model.config["meta"]
-        models.append((f"ours {name or meta['order'] + '/' + meta['head']}", path, m,
-                       {"passes": a.passes} if m.order == "mar" else {}))
+        for kw in ([{"passes": p} for p in a.passes] if m.order == "mar" else [{}]):
+            models.append((f"ours {name or meta['order'] + '/' + meta['head']}", path, m, kw))
     if a.unet:
         from benchmarks.t2i_unet import load_unet
         models.append(("baseline UNet2DConditionModel DDPM", a.unet, load_unet(a.unet), {}))
@@ -79,7 +80,8 @@ def main():
             s = (time.time() - t) / len(prompts)
             if a.save_grid and len(rows) == 2:
                 save_images(images, a.save_grid, nrow=a.per_task)
-            rows.append({"method": f"{name}, CFG {a.cfg} {sched} ({path})", **geneval_lite(images, prompts),
+            passes = f", {kw['passes']} passes" if kw else ""
+            rows.append({"method": f"{name}{passes}, CFG {a.cfg} {sched} ({path})", **geneval_lite(images, prompts),
                          "s_per_image": s, **kw})
             print(rows[-1], flush=True)
     cols = ["method", *tasks, "overall", "s_per_image"]
