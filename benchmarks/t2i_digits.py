@@ -1,7 +1,9 @@
 """Digits text-to-image (issue 3): "the digit 7" -> an 8x8 digit, scored by a classifier trained
 here on the real digits (modalities/digit_checks.py, seed 0): its accuracy on the generated
 samples (was the asked-for digit drawn?) and the KID between generated and real held-out digits
-in its feature space (Binkowski et al. 2018; lower is better, 0 = same distribution).
+in its feature space (Binkowski et al. 2018; lower is better, 0 = same distribution). Also the
+same checkpoint's captioning: exact match of its greedy caption on the real held-out digits,
+against the classifier's own accuracy there.
 
 Rows in the same run:
   * real held-out digits (the ceiling: the classifier's own test accuracy; KID of test vs train);
@@ -63,7 +65,7 @@ def main():
     real_test = to_tensor(xt)
     labels = np.repeat(np.arange(10), a.per_digit)
     prompts = [caption(int(d)) for d in labels]
-    rows = []
+    rows, captioning = [], {}
 
     def add(method, images, s=None):
         rows.append({"method": method, **score_samples(images, labels[:len(images)], clf, real_test), "s_per_image": s})
@@ -83,11 +85,22 @@ def main():
                             for i in range(0, len(prompts), a.batch)])
         add(f"ours {m.order}/{m.model.config['meta']['head']}, CFG {a.cfg} ({path})", images,
             (time.time() - t) / len(prompts))
+        caps = sum([m.caption(real_test[i:i + 64]) for i in range(0, len(yt), 64)], [])
+        captioning[path] = float(np.mean([_read(c) == int(y) for c, y in zip(caps, yt)]))
+        print(f"captioning exact match on {len(yt)} real held-out digits: {captioning[path]:.3f}", flush=True)
     print()
     print_table(rows, ["method", "accuracy", "kid_mean", "kid_std", "s_per_image"])
     res = {"rows": rows, "samples": len(labels), "steps": a.steps, "cfg": a.cfg, "passes": a.passes,
-           "classifier_test_accuracy": clf_acc, "targets": {"accuracy": 0.95}}
+           "classifier_test_accuracy": clf_acc, "captioning_exact_match": captioning, "targets": {"accuracy": 0.95}}
     print("wrote", write_result("t2i_digits", res))
+
+
+def _read(caption: str) -> int | None:
+    from modalities.digits import parse_caption
+    try:
+        return parse_caption(caption)
+    except ValueError:
+        return None
 
 
 def _kid_real(clf, real_test, real_train) -> tuple[float, float]:
