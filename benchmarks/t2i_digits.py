@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--passes", type=int, default=8, help="backbone passes of a masked (MAR) order")
-    ap.add_argument("--batch", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
     from apps.t2i import ImageModel
