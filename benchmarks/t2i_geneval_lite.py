@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--save-grid", help="write a PNG of the first model's images here")
+    ap.add_argument("--out", default="t2i_geneval_lite", help="result name under benchmarks/results/")
     a = ap.parse_args()
     from apps.t2i import ImageModel, save_images
     from modalities.image_checks import geneval_lite
@@ -90,7 +91,7 @@ def main():
     res = {"rows": rows, "prompts": len(prompts), "steps": a.steps, "cfg": a.cfg, "temperature": a.temperature,
            "cfg_schedule": a.cfg_schedule,
            "targets": {"overall": 0.95, "s_per_image": 0.5, "ahead_of": "baseline UNet2DConditionModel DDPM"}}
-    print("wrote", write_result("t2i_geneval_lite", res))
+    print("wrote", write_result(a.out, res))
 
 
 if __name__ == "__main__":

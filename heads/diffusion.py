@@ -257,8 +257,12 @@ class DiffusionHead(ContinuousHead):
         cfg, z_null = self.prepare(z, steps, cfg, temperature, z_null)
         if steps > self.train_timesteps:
             raise ValueError(f"steps ({steps}) must not exceed train_timesteps ({self.train_timesteps})")
-        if not eta >= 0:
-            raise ValueError(f"eta must be >= 0, got {eta}")
+        if not 0 <= eta <= 1:
+            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        # DDIM's direction term is sqrt(1 - alpha_prev - sigma^2); at eta = 1 on the first trailing
+        # step it is exactly sqrt(0), and float32 rounding of sigma^2 can make it sqrt(-1e-8) = NaN.
+        # 1e-4 below 1 keeps it real and changes the sampler negligibly.
+        eta = min(float(eta), 1 - 1e-4)
         n, shape = z.shape[0], (z.shape[0], self.token_dim)
 
         # 1. scheduler and timesteps (descending, on z's device)
