@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--n", type=int, default=300, help="held-out renders")
     ap.add_argument("--train-pool", type=int, default=5000, help="training renders for the retrieval baseline")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="caption_accuracy", help="result name under benchmarks/results/")
     a = ap.parse_args()
     from apps.t2i import ImageModel
     from modalities.image_shapes import make_dataset, task_of
@@ -83,7 +84,7 @@ def main():
     res = {"rows": rows, "n": a.n, "target_exact_match": target,
            "meets_target": max(r["exact_match"] for r in rows[:-1]) >= target,
            "examples": examples, "baseline": rows[-1]["method"]}
-    print("wrote", write_result("caption_accuracy", res))
+    print("wrote", write_result(a.out, res))
 
 
 if __name__ == "__main__":
