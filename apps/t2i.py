@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.t2i_data import (BOI, BOS, DATA, EOI, EOS, IMG, PAD, SPECIALS, ShapesT2ITask, WordVocab,  # noqa: F401
-                           _rows, build_batch, digits_data, grammar_words, shapes_data)
+from apps.t2i_data import (BOI, BOS, DATA, EOI, EOS, IMG, MAX_PROMPTS, PAD, SPECIALS,  # noqa: F401
+                           ShapesT2ITask, WordVocab, _rows, build_batch, digits_data, encode_prompts,
+                           grammar_words, shapes_data)
 from backbone.container import OmniModel, part
 from backbone.generate import decode_n_tokens, decode_one_embedding, decode_one_token, left_pad, prefill
 from backbone.sampling import SamplingParams
@@ -111,7 +112,7 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
 # ---- inference -----------------------------------------------------------------------------------
 class ImageModel:
     """The shipped checkpoint: ``text_to_image`` and ``caption`` on the same weights."""
-    MAX_PROMPTS = 64
+    MAX_PROMPTS = MAX_PROMPTS
 
     def __init__(self, model: OmniModel, vocab: WordVocab, folder=None):
         self.model, self.vocab = model.eval(), vocab
@@ -141,13 +142,7 @@ class ImageModel:
         constant scale scored better on training prompts (GenEval-lite 0.40 vs 0.25 at cfg 3):
         the first rows decide whether an object starts at all."""
         from heads.diffusion import cfg_schedule as ramp
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts or len(prompts) > self.MAX_PROMPTS:
-            raise ValueError(f"give 1 to {self.MAX_PROMPTS} prompts, got {len(prompts)}")
-        if not (1 <= steps <= 1000) or not (cfg >= 0) or not (temperature >= 0):
-            raise ValueError("steps must be in [1, 1000], cfg >= 0 and temperature >= 0")
-        caps = [self.vocab.encode(p) for p in prompts]
+        caps = encode_prompts(self.vocab, prompts, steps, cfg, temperature)
         B, N, dev = len(caps), self.tok.n_tokens, next(self.model.parameters()).device
         guided = cfg != 1.0
         rows = [[BOS, *c, BOI] for c in caps] + ([[BOS, BOI]] * B if guided else [])

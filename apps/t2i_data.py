@@ -59,6 +59,21 @@ class WordVocab:
         return cls(json.loads(f.read_text())["words"])
 
 
+MAX_PROMPTS = 64
+
+
+def encode_prompts(vocab: WordVocab, prompts, steps: int, cfg: float, temperature: float) -> list[list[int]]:
+    """Check a text-to-image request and encode its prompts (a str or a list of 1-64 str) ->
+    word-id lists; ValueError naming the problem (count, range, unknown words)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not prompts or len(prompts) > MAX_PROMPTS:
+        raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
+    if not (1 <= steps <= 1000) or not (cfg >= 0) or not (temperature >= 0):
+        raise ValueError("steps must be in [1, 1000], cfg >= 0 and temperature >= 0")
+    return [vocab.encode(p) for p in prompts]
+
+
 # ---- sequences -----------------------------------------------------------------------------------
 def build_batch(captions: list[list[int]], patches: Tensor, modes: list[str]) -> dict:
     """Pack (caption ids, image patches (B, N, d)) pairs as t2i ("gen") or captioning ("cap")

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apps.t2i import BOS, PAD, WordVocab  # noqa: E402
+from apps.t2i_data import BOS, MAX_PROMPTS, PAD, WordVocab, encode_prompts  # noqa: E402
 from backbone.container import atomic_write_text  # noqa: E402
 
 # ~1.7M parameters: sized for a CPU budget (batch 32: 1.3-1.9 s/step on one busy thread, ~800-1,100 steps in
@@ -45,7 +45,7 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", pre
 
 class UNetT2I(nn.Module):
     """Caption-conditioned UNet2DConditionModel on 32x32 RGB; pixels in [-1, 1] inside."""
-    MAX_PROMPTS = 64
+    MAX_PROMPTS = MAX_PROMPTS
 
     def __init__(self, words: list[str] | None = None, max_len: int = 16, text_layers: int = 1, **unet_kw):
         super().__init__()
@@ -92,14 +92,8 @@ class UNetT2I(nn.Module):
         (Ho & Salimans 2022), ``scale`` constant or, with "linear", ramped 1 -> cfg over the steps."""
         from diffusers import DDIMScheduler
         from heads.diffusion import cfg_schedule as ramp
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        if not prompts or len(prompts) > self.MAX_PROMPTS:
-            raise ValueError(f"give 1 to {self.MAX_PROMPTS} prompts, got {len(prompts)}")
-        if not (1 <= steps <= 1000) or not (cfg >= 0) or not (temperature >= 0):
-            raise ValueError("steps must be in [1, 1000], cfg >= 0 and temperature >= 0")
         ramp(cfg_schedule, cfg, 0.0)                                  # validates the schedule name
-        caps = [self.vocab.encode(p) for p in prompts]                # ValueError naming unknown words
+        caps = encode_prompts(self.vocab, prompts, steps, cfg, temperature)   # ValueError naming the problem
         dev, B = next(self.parameters()).device, len(caps)
         guided = cfg != 1.0 or cfg_schedule != "constant"
         ids = self.ids(caps + ([[]] * B if guided else [])).to(dev)
