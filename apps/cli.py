@@ -5,6 +5,7 @@
     omniar crystal "SrTiO3" --n 10 [--spacegroup Pm-3m] -o out/
     omniar t2i "a red circle to the left of a blue square" -o out.png --seed 0 --steps 25 --cfg 3 --n 4
     omniar caption image.png
+    omniar tts "Hello world." -o out.wav [--voice-prompt ref.wav --prompt-text "..."] [--seed 0]
     omniar demo [--port 7860]
     omniar export-hf --model assets/text-shakespeare --out /tmp/hf --arch llama
 
@@ -29,6 +30,12 @@ def _train(a):
                                                          "prediction_length"))
     elif a.task == "t2i":
         from apps import t2i as recipe
+        cfg = train_text.load_config(a.config, required=("model", "train"))
+    elif a.task == "codec":
+        from apps import tts_codec as recipe
+        cfg = train_text.load_config(a.config, required=("train",))
+    elif a.task == "tts":
+        from apps import tts_train as recipe
         cfg = train_text.load_config(a.config, required=("model", "train"))
     elif a.task == "draft-head":
         from apps import train_draft as recipe
@@ -90,6 +97,11 @@ def _t2i(a):
     t2i.cli_text_to_image(a)
 
 
+def _tts(a):
+    from apps import speech_io
+    speech_io.cli_tts(a)
+
+
 def _caption(a):
     from apps import t2i
     t2i.cli_caption(a)
@@ -127,6 +139,8 @@ def _demo(a):
         argv += ["--forecast-model", a.forecast_model]
     if a.image_model:
         argv += ["--image-model", a.image_model]
+    if a.speech_model:
+        argv += ["--speech-model", a.speech_model]
     launcher.main(argv)
 
 
@@ -142,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
-    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast", "forecast-bins", "t2i"],
+    t.add_argument("task", choices=["text", "crystal", "draft-head", "forecast", "forecast-bins", "t2i", "codec", "tts"],
                    help="crystal: a CIF language model (CrystaLLM); draft-head: a speculative draft head "
                         "on a trained model (Chimera/EAGLE)")
     t.add_argument("--config", required=True)
@@ -184,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--seed", type=int, default=0)
     ti.add_argument("--device", default="cpu")
     ti.set_defaults(fn=_t2i)
+
+    ts = sub.add_parser("tts", help="text to speech (a 16 kHz WAV; long text is spoken sentence by sentence)")
+    ts.add_argument("text")
+    ts.add_argument("-o", "--out", required=True, help="WAV file to write")
+    ts.add_argument("--voice-prompt", metavar="WAV", help="a 1-10 s clip of the voice to speak in (needs --prompt-text)")
+    ts.add_argument("--prompt-text", help="the exact words spoken in --voice-prompt")
+    ts.add_argument("--model", default="assets/speech-tts")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--temperature", type=float, default=1.0, help="above 0, at most 2 (default %(default)s)")
+    ts.add_argument("--device", default="cpu")
+    ts.set_defaults(fn=_tts)
 
     ca = sub.add_parser("caption", help="describe an image (PNG/JPEG) with the text-to-image model")
     ca.add_argument("image")
@@ -246,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--crystal-model")
     d.add_argument("--image-model")
     d.add_argument("--forecast-model")
+    d.add_argument("--speech-model")
     d.set_defaults(fn=_demo)
 
     e = sub.add_parser("export-hf", help="write a checkpoint as a Hugging Face transformers folder")

@@ -6,7 +6,10 @@
 Adding an app is one line in ``APPS``: its tab name, the command-line flag naming its checkpoint
 folder, that flag's default, and a loader ``(folder, device) -> gr.Blocks`` that raises
 FileNotFoundError with a clear message (path + the command that trains it) when the folder is
-missing. Nothing is downloaded and nothing is shared publicly (no ``share=True``, no telemetry).
+missing. An ``optional`` app whose default folder is missing is left out with a printed note
+instead (the speech app: its checkpoint is not shipped with every checkout); a folder named on the
+command line must exist. Nothing is downloaded and nothing is shared publicly (no ``share=True``,
+no telemetry).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from typing import Callable
 
 import gradio as gr
 
-from apps import crystal_app, forecast_app, t2i_app, text_app
+from apps import crystal_app, forecast_app, t2i_app, text_app, tts_app
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class AppSpec:
     flag: str                                 # command-line flag holding the checkpoint folder
     default: str                              # that flag's default
     loader: Callable[[str, str], gr.Blocks]   # (checkpoint folder, device) -> Blocks
+    optional: bool = False                    # default folder missing: skip the tab with a note, not exit 2
 
 
 APPS: list[AppSpec] = [
@@ -37,6 +41,7 @@ APPS: list[AppSpec] = [
     AppSpec("Crystals", "--crystal-model", crystal_app.DEFAULT_MODEL, crystal_app.load_app),
     AppSpec("Forecast", "--forecast-model", forecast_app.DEFAULT_MODEL, forecast_app.load_app),
     AppSpec("Images", "--image-model", t2i_app.DEFAULT_MODEL, t2i_app.load_app),
+    AppSpec("Speech", "--speech-model", tts_app.DEFAULT_MODEL, tts_app.load_app, optional=True),
 ]
 
 
@@ -67,7 +72,12 @@ def load_apps(args: argparse.Namespace) -> dict[str, gr.Blocks]:
     apps = {}
     for spec in APPS:
         folder = getattr(args, spec.flag.lstrip("-").replace("-", "_"))
-        apps[spec.tab] = spec.loader(folder, args.device)
+        try:
+            apps[spec.tab] = spec.loader(folder, args.device)
+        except FileNotFoundError as e:
+            if not spec.optional or folder != spec.default:
+                raise
+            print(f"omniar demo: note: no {spec.tab} tab: {e}", file=sys.stderr)
     return apps
 
 

@@ -106,11 +106,14 @@ def _advance(state: DecodeState):
 
 
 @torch.no_grad()
-def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_step) -> Tensor:
-    """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place."""
+def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_step,
+                     mask: Tensor | None = None) -> Tensor:
+    """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place.
+    ``mask`` (B|1, 1, 1, S) bool replaces the step's default mask over the S = next_slot + 1
+    written slots (RALL-E's duration-guided window, modalities/speech.py)."""
     bb = model.backbone
     slot = torch.tensor([state.next_slot], device=token.device)
-    mask = _step_mask(bb, state, slot)
+    mask = _step_mask(bb, state, slot) if mask is None else mask
     kw = {} if state.skip is None else state.skip.step_kwargs(state.step, len(bb.layers), state.max_new)
     h = step_fn(bb, token, state.positions, slot, mask, **kw)
     _advance(state)

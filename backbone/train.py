@@ -173,7 +173,7 @@ def save_checkpoint(model, opts, step: int, cfg: TrainConfig, rank: int, tokeniz
     root = Path(cfg.out_dir) / "ckpt"
     final, tmp = root / f"step_{step:07d}", root / f"step_{step:07d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    plain = OmniModel(unwrap(model).config)
+    plain = type(unwrap(model))(unwrap(model).config)  # any module built from its config (OmniModel, Codec)
     plain.load_state_dict(msd, strict=False)  # tied duplicates may be absent
     plain.save_pretrained(tmp, tokenizer)
     tensors, groups = _flatten_optim(osd)
