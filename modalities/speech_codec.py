@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 DEFAULTS = dict(sample_rate=16000, n_filters=16, dimension=64, ratios=[8, 5, 4, 2], n_q=6, bins=512,
                 lstm=2, causal=False, norm="weight_norm", dead_code=0.25,
-                mel_scales=[256, 512, 1024, 2048], wave_weight=0.1, commit_weight=1.0)
+                mel_scales=[256, 512, 1024, 2048], mel_floor=1e-2, wave_weight=0.1, commit_weight=1.0,
+                input_gain=10.0)
 OFFICIAL_24KHZ = dict(sample_rate=24000, n_filters=32, dimension=128, ratios=[8, 5, 4, 2], n_q=32, bins=1024,
-                      lstm=2, causal=True, norm="weight_norm")
+                      lstm=2, causal=True, norm="weight_norm", input_gain=1.0)
 
 
 def _build(c: dict):
@@ -65,6 +66,10 @@ class Codec(nn.Module):
         self.hop = self.model.encoder.hop_length
         self.n_q, self.bins = self.config["n_q"], self.config["bins"]
         self.frame_rate = self.sample_rate / self.hop
+        # espeak-ng speech sits around -25 dBFS; at SEANet's initial scale such an input barely moves
+        # the encoder's output past its biases, and the autoencoder sat at an average spectrum for
+        # 400+ steps. A fixed gain in front of the encoder (undone after the decoder) fixed that.
+        self.gain = float(self.config.get("input_gain", 1.0))
         self._mels = None
 
     # ---- inference -------------------------------------------------------------------------
@@ -72,7 +77,7 @@ class Codec(nn.Module):
     def encode(self, wav: Tensor) -> Tensor:
         """wav (B, 1, T) or (T,) float -> codes (B, n_q, ceil(T / hop)) long."""
         wav = self._as_batch(wav)
-        emb = self.model.encoder(wav)                                               # (B, D, F)
+        emb = self.model.encoder(wav * self.gain)                                   # (B, D, F)
         codes = self.model.quantizer.encode(emb, self.model.frame_rate, self.model.bandwidth)  # (n_q, B, F)
         return codes.transpose(0, 1)
 
@@ -84,7 +89,7 @@ class Codec(nn.Module):
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.bins):
             raise ValueError(f"codes must lie in [0, {self.bins})")
         emb = self.model.quantizer.decode(codes.transpose(0, 1))                    # (B, D, F)
-        return self.model.decoder(emb)
+        return self.model.decoder(emb) / self.gain
 
     def _as_batch(self, wav: Tensor) -> Tensor:
         if wav.dim() == 1:
@@ -97,7 +102,10 @@ class Codec(nn.Module):
     # ---- training --------------------------------------------------------------------------
     def mel_loss(self, x: Tensor, y: Tensor) -> Tensor:
         """EnCodec's multi-scale spectral loss: L1 + L2 between log-mels at several window sizes
-        (here 256..2048 samples, hop = window / 4). x, y (B, 1, T) -> scalar."""
+        (here 256..2048 samples, hop = window / 4). x, y (B, 1, T) -> scalar.
+        Magnitudes are floored at ``mel_floor`` (-40 dB under a typical speech bin) before the log:
+        espeak-ng writes exact digital silence, and with a tiny floor the loss was dominated by
+        how silent the silence is (batch-to-batch loss swings of 2x) rather than by the speech."""
         import torchaudio
         if self._mels is None:
             self._mels = [torchaudio.transforms.MelSpectrogram(self.sample_rate, n_fft=n, hop_length=n // 4,
@@ -105,16 +113,16 @@ class Codec(nn.Module):
                           for n in self.config["mel_scales"]]
         loss = 0.0
         for mel in self._mels:
-            a, b = (torch.log(mel(v.squeeze(1)).clamp(min=1e-5)) for v in (x, y))
+            a, b = (torch.log(mel(v.squeeze(1)).clamp(min=self.config.get("mel_floor", 1e-5))) for v in (x, y))
             loss = loss + F.l1_loss(a, b) + F.mse_loss(a, b)
         return loss / len(self._mels)
 
     def forward(self, wav: Tensor) -> tuple[Tensor, dict]:
         """wav (B, 1, T) -> (loss, {"mel", "wave", "commit"}) for the trainer."""
         wav = self._as_batch(wav)
-        emb = self.model.encoder(wav)
+        emb = self.model.encoder(wav * self.gain)
         q = self.model.quantizer(emb, self.model.frame_rate, self.model.bandwidth)
-        out = self.model.decoder(q.quantized)[..., :wav.shape[-1]]
+        out = self.model.decoder(q.quantized)[..., :wav.shape[-1]] / self.gain
         parts = {"mel": self.mel_loss(out, wav), "wave": F.l1_loss(out, wav), "commit": q.penalty}
         c = self.config
         return parts["mel"] + c["wave_weight"] * parts["wave"] + c["commit_weight"] * parts["commit"], parts

@@ -9,7 +9,7 @@ import torch
 from apps.tts import SpeechModel
 from apps.tts_train import build_model
 from backbone.generate import decode_one_token, prefill
-from modalities.speech import SOS, SpeechVocab, ar_mask, ar_row, dgm_keys, frame_phoneme
+from modalities.speech import SpeechVocab, ar_mask, ar_row, dgm_keys, frame_phoneme
 from modalities.speech_codec import Codec
 from modalities.speech_corpus import phonemes_of
 
