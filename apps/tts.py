@@ -118,11 +118,14 @@ class SpeechModel:
         if self.cot:
             ids += [PROS] + [t for d, f in zip(durs_p, pitch_p) for t in (v.dur0 + min(d, v.n_dur - 1), v.pitch0 + f)]
         block = self.model.args.block_size
-        cap = max_frames or min(v.n_dur * len(ph_t) + 50, 1500)
-        max_seq = min(block, len(ids) + 2 * len(ph_t) + 2 + Fp + cap + 2)
-        if len(ids) + 2 * len(ph_t) + Fp + 8 > max_seq:
-            raise ValueError(f"text + voice prompt too long for the model's context ({block} positions); "
-                             "use a shorter prompt or split the text")
+        # frames budget: about 4x a typical espeak-ng length (4 frames per phoneme), within the context
+        before = len(ids) + (2 * len(ph_t) if self.cot else 0) + 1 + Fp       # slots before the first new frame
+        room = block - before - 1
+        if room < 2 * len(ph_t):
+            raise ValueError(f"text + voice prompt too long for the model's context ({block} positions): "
+                             "use a shorter prompt or split the text into sentences")
+        cap = min(max_frames or 16 * len(ph_t) + 50, room)
+        max_seq = before + cap + 1
         x = torch.tensor([ids], device=dev)
         prefix = P + 1
         block_ids = torch.cat([torch.zeros(prefix, dtype=torch.long), torch.arange(1, len(ids) - prefix + 1)])
