@@ -277,10 +277,14 @@ def main(argv=None) -> None:
         p.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     corpus = Corpus(a.corpus)
-    if a.cmd == "train-ctc":
-        print(json.dumps(train_ctc(corpus, a.out, a.seconds, a.seed).meta))
-    elif a.cmd == "train-speaker":
-        print(json.dumps(train_speaker(corpus, a.out, a.seconds, a.seed).meta))
+    if a.cmd in ("train-ctc", "train-speaker"):
+        import shlex
+        import sys
+        model = (train_ctc if a.cmd == "train-ctc" else train_speaker)(corpus, a.out, a.seconds, a.seed)
+        model.meta["train_command"] = "python -m modalities.speech_checks " + shlex.join(
+            sys.argv[1:] if argv is None else argv)
+        model.save_pretrained(a.out, **model.meta)   # the command that reproduces the folder
+        print(json.dumps(model.meta))
     elif a.cmd == "calibrate":
         print(json.dumps(calibrate(SpeakerEncoder.from_pretrained(a.model), corpus)))
     else:
