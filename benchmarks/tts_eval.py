@@ -62,12 +62,23 @@ def intelligibility(wavs, texts, phonemes, ctc) -> dict:
             "hyps": ps["hyps"][:5]}
 
 
-def hard_counts(wavs, texts) -> dict:
+def hard_counts(wavs, texts, phonemes, ctc) -> dict:
+    """Skipped and repeated content on the hard set, read two ways: PocketSphinx word deletions and
+    insertions, and the CTC recogniser's phoneme deletions and insertions (pauses ignored); a
+    sentence is "bad" when it loses or gains at least BAD_PHONEMES phonemes (about a word)."""
     ps = pocketsphinx_wer(wavs, texts)
     per = [edit_ops(normalize_words(r), normalize_words(h)) for r, h in zip(ps["refs"], ps["hyps"])]
-    return {"wer": ps["wer"], "skipped": sum(p["deletions"] for p in per),
-            "repeated": sum(p["insertions"] for p in per),
-            "bad_sentences": sum(1 for p in per if p["deletions"] or p["insertions"])}
+    hyp_ph = ctc.transcribe(wavs)
+    ph = [edit_ops([p for p in r if p != "_"], [p for p in h if p != "_"]) for r, h in zip(phonemes, hyp_ph)]
+    return {"wer": ps["wer"], "skipped_words": sum(p["deletions"] for p in per),
+            "repeated_words": sum(p["insertions"] for p in per),
+            "bad_sentences_words": sum(1 for p in per if p["deletions"] or p["insertions"]),
+            "per": phoneme_error_rate(phonemes, hyp_ph),
+            "deleted_phonemes": sum(p["deletions"] for p in ph), "inserted_phonemes": sum(p["insertions"] for p in ph),
+            "bad_sentences": sum(1 for p in ph if p["deletions"] >= BAD_PHONEMES or p["insertions"] >= BAD_PHONEMES)}
+
+
+BAD_PHONEMES = 3
 
 
 @torch.no_grad()
@@ -116,6 +127,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--prepared", default="runs/speech/tts_data")
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--n-voice", type=int, default=30)
+    ap.add_argument("--n-hard", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-rtf", type=int, default=30, help="sentences for the compiled-speed comparison")
@@ -170,18 +182,23 @@ def main(argv=None) -> dict:
     print(f"codec mel distance (EnCodec multi-scale log-mel L1+L2) on {len(test)} test clips: {mel:.3f}")
 
     # 2. hard set: skipped and repeated words
-    hard = corpus.rows("hard")
+    hard = corpus.rows("hard")[:a.n_hard]
     htexts = [r["text"] for r in hard]
     hrows = []
     hsys = {"reference": [corpus.audio(r).numpy() for r in hard]}
     for name, tts in models.items():
         hsys[name] = synth_all(tts, htexts, a.seed + 1000)[0]
+    hph = [r["phonemes"] for r in hard]
     for name, wavs in hsys.items():
-        r = hard_counts(wavs, htexts)
+        r = hard_counts(wavs, htexts, hph, ctc)
         result.setdefault("hard", {})[name] = r
-        hrows.append({"system": name, "WER": f"{r['wer']:.3f}", "skipped": r["skipped"], "repeated": r["repeated"],
+        hrows.append({"system": name, "WER": f"{r['wer']:.3f}", "skipped words": r["skipped_words"],
+                      "repeated words": r["repeated_words"], "PER": f"{r['per']:.3f}",
+                      "phonemes lost": r["deleted_phonemes"], "phonemes added": r["inserted_phonemes"],
                       "bad sentences": f"{r['bad_sentences']}/{len(hard)}"})
-    print_table(hrows, ["system", "WER", "skipped", "repeated", "bad sentences"])
+    print_table(hrows, ["system", "WER", "skipped words", "repeated words", "PER", "phonemes lost",
+                        "phonemes added", "bad sentences"])
+    print(f"(words: PocketSphinx deletions / insertions; phonemes: CTC; bad = >= {BAD_PHONEMES} phonemes lost or added)")
 
     # 3. prosody token accuracy (teacher-forced)
     data = SpeechData(a.prepared)
