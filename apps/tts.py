@@ -104,9 +104,12 @@ class SpeechModel:
     @torch.no_grad()
     def synthesize(self, text: str, prompt_wav: np.ndarray | None = None, prompt_text: str | None = None,
                    seed: int | None = 0, temperature: float = 1.0, top_k: int = 50, prosody_top_k: int = 5,
-                   prompt_starts: list[int] | None = None, max_frames: int | None = None) -> SpeechResult:
+                   prompt_starts: list[int] | None = None, max_frames: int | None = None,
+                   n_levels: int | None = None) -> SpeechResult:
         """Speak ``text`` (optionally in the voice of ``prompt_wav``, float32 at 16 kHz, whose
-        words are ``prompt_text``). Returns a SpeechResult."""
+        words are ``prompt_text``). ``n_levels``: decode only the first codebooks (1 = the AR
+        stage alone, no NAR pass; default: the checkpoint's ``meta.n_levels``, else all n_q).
+        Returns a SpeechResult."""
         if (prompt_wav is None) != (prompt_text is None):
             raise ValueError("a voice prompt needs both the clip and its transcript (prompt_text)")
         v, dev = self.vocab, self._device()
@@ -183,12 +186,15 @@ class SpeechModel:
         if len(codes0) <= Fp:
             raise ValueError("the model stopped before speaking any frame")
         # 4. NAR levels 1..n_q-1
+        n_levels = n_levels or self.model.config["meta"].get("n_levels") or self.n_q
+        if not 1 <= n_levels <= self.n_q:
+            raise ValueError(f"n_levels must be in 1..{self.n_q}, got {n_levels}")
         codes = torch.zeros(self.n_q, len(codes0), dtype=torch.long)
         codes[0] = codes0
         codes[:, :Fp] = codes_p
         nar = self.model.heads["nar"]
         self.model.backbone.clear_cache()     # the NAR passes run without the cache
-        for level in range(1, self.n_q):
+        for level in range(1, n_levels):
             nids, c, lv, f0 = nar_row(ph_ids, codes.numpy(), level, Fp)
             L = len(nids)
             h = self.model.backbone(input_ids=torch.tensor([nids], device=dev),
@@ -197,7 +203,7 @@ class SpeechModel:
                                     mask=torch.ones(1, 1, L, L, dtype=torch.bool, device=dev))
             codes[level, Fp:] = nar.sample(h[0, f0 + Fp:], level).cpu()
         # 5. decode the text's frames
-        wav = self.codec.decode(codes[None, :, Fp:].to(dev))[0, 0].float().cpu().numpy()
+        wav = self.codec.decode(codes[None, :n_levels, Fp:].to(dev))[0, 0].float().cpu().numpy()
         wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
         return SpeechResult(wav, self.sample_rate, ph_t, durs_t, pitch_t, [v.pitch_hz(b) for b in pitch_t],
                             n_frames=len(codes0) - Fp)

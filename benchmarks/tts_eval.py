@@ -156,6 +156,8 @@ def main(argv=None) -> dict:
         tts.synthesize("A warm-up sentence.", seed=0)          # first-call costs are not speech time
         wavs, t_syn, t_audio = synth_all(tts, texts, a.seed)
         systems[name] = (wavs, t_syn / t_audio)
+    wavs, t_syn, t_audio = synth_all(models["ralle"], texts, a.seed, n_levels=1)
+    systems["ralle, AR level only"] = (wavs, t_syn / t_audio)   # codebook 0 alone: what the NAR adds
     rows = []
     for name, (wavs, rtf) in systems.items():
         r = intelligibility(wavs, texts, phon, ctc)

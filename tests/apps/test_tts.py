@@ -131,3 +131,16 @@ def test_static_cache_path_gives_the_same_speech(vocab, codec, cot, monkeypatch)
     b = SpeechModel(model, codec, compile=True).synthesize("Hello world.", seed=3, max_frames=25)
     assert a.n_frames == b.n_frames and np.allclose(a.wav, b.wav, atol=1e-5)
     assert a.durations == b.durations and a.pitch == b.pitch
+
+
+def test_fewer_codebook_levels(vocab, codec):
+    tts = SpeechModel(tiny(vocab, True), codec)
+    nar, calls = tts.model.heads["nar"], []
+    sample = nar.sample
+    nar.sample = lambda h, level, **kw: calls.append(level) or sample(h, level, **kw)
+    full = tts.synthesize("Hello.", seed=1, max_frames=15)
+    assert calls == [1, 2]
+    ar_only = tts.synthesize("Hello.", seed=1, max_frames=15, n_levels=1)   # no NAR pass
+    assert calls == [1, 2] and ar_only.n_frames == full.n_frames and len(ar_only.wav) == len(full.wav)
+    with pytest.raises(ValueError, match="n_levels"):
+        tts.synthesize("Hello.", n_levels=4)
