@@ -69,6 +69,13 @@ class TrainConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown trainer settings {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        for f in fields(cls):  # YAML 1.1 reads "6e-4" (no dot) as a string: accept it, refuse words
+            if f.name in d and isinstance(d[f.name], str) and f.type in ("int", "float", "float | None"):
+                try:
+                    d[f.name] = float(d[f.name]) if "float" in f.type else int(d[f.name])
+                except ValueError:
+                    raise ValueError(f"trainer setting {f.name} must be a number, got {d[f.name]!r}") from None
         return cls(**d)
 
 

@@ -264,3 +264,13 @@ def test_lion_update_is_plus_minus_lr_times_sign(tmp_path):
 def test_unknown_optimizer_is_named(tmp_path):
     with pytest.raises(ValueError, match="'adamw', 'muon' or 'lion'"):
         train_text.run(tiny_config(tmp_path, optimizer="sgd"))
+
+
+def test_trainer_settings_from_yaml_strings():
+    """YAML 1.1 reads 6e-4 (no dot) as a string, as `--set lr=6e-4` does: numbers in strings are
+    accepted, words get a clear error."""
+    from backbone.train import TrainConfig
+    cfg = TrainConfig.from_dict({"lr": "6e-4", "max_steps": "10", "max_time_s": "1.5e3"})
+    assert cfg.lr == 6e-4 and cfg.max_steps == 10 and cfg.max_time_s == 1500.0
+    with pytest.raises(ValueError, match="lr must be a number"):
+        TrainConfig.from_dict({"lr": "fast"})
