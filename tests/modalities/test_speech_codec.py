@@ -31,16 +31,16 @@ def test_encode_decode_shapes(codec):
 
 def test_training_step_lowers_the_loss(codec):
     wav = 0.2 * torch.sin(torch.arange(2048) / 7.0)[None, None].repeat(4, 1, 1)
-    opt = torch.optim.Adam(codec.parameters(), 3e-3)
+    opt = torch.optim.Adam(codec.parameters(), 1e-2)
     first = None
-    for _ in range(15):
+    for _ in range(40):
         loss, parts = codec(wav)
         assert set(parts) == {"mel", "wave", "commit"}
         opt.zero_grad()
         loss.backward()
         opt.step()
         first = first if first is not None else float(loss.detach())
-    assert float(loss.detach()) < 0.8 * first
+    assert float(loss.detach()) < 0.6 * first   # measured 0.35
 
 
 def test_folder_round_trip(codec, tmp_path):
