@@ -208,7 +208,3 @@ class SpeechModel:
         return SpeechResult(wav, self.sample_rate, ph_t, durs_t, pitch_t, [v.pitch_hz(b) for b in pitch_t],
                             n_frames=len(codes0) - Fp)
 
-
-def frames_to_seconds(n_frames: int, hop: int = 320, sample_rate: int = 16000) -> float:
-    return n_frames * hop / sample_rate
-

@@ -175,7 +175,8 @@ class CodecTask:
 
     def __init__(self, corpus, batch_size: int, seconds: float = 1.0, seed: int = 0, eval_batches: int = 2):
         self.corpus, self.bs, self.seed = corpus, batch_size, seed
-        self.T = int(seconds * corpus_rate(corpus))
+        from modalities.speech_corpus import SAMPLE_RATE
+        self.T = int(seconds * SAMPLE_RATE)
         self.train_rows = [r for r in corpus.rows("train") if r["n"] >= self.T]
         self.val_rows = [r for r in corpus.rows("val") if r["n"] >= self.T]
         self._eval = [self._batch(self.val_rows, torch.Generator().manual_seed(10_000 + i), self.bs)
@@ -197,7 +198,3 @@ class CodecTask:
     def eval_batches(self) -> list[dict]:
         return self._eval
 
-
-def corpus_rate(corpus) -> int:
-    from modalities.speech_corpus import SAMPLE_RATE
-    return SAMPLE_RATE
