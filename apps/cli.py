@@ -20,25 +20,25 @@ import sys
 
 def _train(a):
     import yaml
-    from apps import train_text
+    from apps.text import recipe as train_text
     if a.task == "forecast":
-        from apps import forecast as recipe
+        from apps.forecast import model as recipe
         cfg = train_text.load_config(a.config, required=("model", "train", "seg_len"))
     elif a.task == "forecast-bins":
-        from apps import forecast_bins as recipe
+        from apps.forecast import bins as recipe
         cfg = train_text.load_config(a.config, required=("data", "model", "train", "context_length",
                                                          "prediction_length"))
     elif a.task == "t2i":
-        from apps import t2i as recipe
+        from apps.t2i import model as recipe
         cfg = train_text.load_config(a.config, required=("model", "train"))
     elif a.task == "codec":
-        from apps import tts_codec as recipe
+        from apps.tts import codec_recipe as recipe
         cfg = train_text.load_config(a.config, required=("train",))
     elif a.task == "tts":
-        from apps import tts_train as recipe
+        from apps.tts import recipe as recipe
         cfg = train_text.load_config(a.config, required=("model", "train"))
     elif a.task == "draft-head":
-        from apps import train_draft as recipe
+        from apps.text import draft_recipe as recipe
         cfg = recipe.load_config(a.config)
     else:  # text and crystal share the token-LM recipe
         recipe, cfg = train_text, train_text.load_config(a.config)
@@ -93,38 +93,38 @@ def _generate(a):
 
 
 def _t2i(a):
-    from apps import t2i
+    from apps.t2i import model as t2i
     t2i.cli_text_to_image(a)
 
 
 def _tts(a):
-    from apps import speech_io
+    from apps.tts import checks as speech_io
     speech_io.cli_tts(a)
 
 
 def _caption(a):
-    from apps import t2i
+    from apps.t2i import model as t2i
     t2i.cli_caption(a)
 
 
 def _forecast(a):
-    from apps import forecast
+    from apps.forecast import model as forecast
     forecast.main(a)
 
 
 def _finetune_forecast(a):
-    from apps import forecast_finetune
+    from apps.forecast import finetune as forecast_finetune
     forecast_finetune.main(a)
 
 
 def _serve_forecast(a):
-    from apps import forecast_api
+    from apps.forecast import api as forecast_api
     argv = ["--model", a.model, "--host", a.host, "--port", str(a.port), "--max-waiting", str(a.max_waiting)]
     forecast_api.main(argv)
 
 
 def _crystal(a):
-    from apps import crystal
+    from apps.crystal import model as crystal
     crystal.main(a)
 
 

@@ -24,7 +24,11 @@ from typing import Callable
 
 import gradio as gr
 
-from apps import crystal_app, forecast_app, t2i_app, text_app, tts_app
+from apps.crystal import app as crystal_app
+from apps.forecast import app as forecast_app
+from apps.t2i import app as t2i_app
+from apps.text import app as text_app
+from apps.tts import app as tts_app
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ CORPORA = {
 
 
 def recipe(row: str, corpus: str, seed: int, out: Path) -> dict:
-    from apps.train_text import load_config
+    from apps.text.recipe import load_config
     cfg = load_config(ROOT / "configs" / "text_shakespeare.yaml")
     c = CORPORA[corpus]
     cfg["data"], cfg["tokenizer"] = copy.deepcopy(c["data"]), copy.deepcopy(c["tokenizer"])
@@ -211,7 +211,7 @@ def _plain_greedy(model, ids, sp):
 def run_job(row: str, corpus: str, seed: int) -> dict:
     """Train one (row, corpus, seed) and measure it; runs in its own process."""
     import torch
-    from apps import train_text
+    from apps.text import recipe as train_text
     from backbone.sampling import SamplingParams
     from modalities.text import load_tokenizer
     torch.set_num_threads(1)

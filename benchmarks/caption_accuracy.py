@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="caption_accuracy", help="result name under benchmarks/results/")
     a = ap.parse_args()
-    from apps.t2i import ImageModel
+    from apps.t2i.model import ImageModel
     from modalities.image_shapes import make_dataset, task_of
     torch.manual_seed(0)
     test = make_dataset(a.n, "test", a.seed, full_captions=True)

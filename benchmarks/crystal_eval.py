@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.crystal import CrystalGenerator, rank_candidates
+from apps.crystal.model import CrystalGenerator, rank_candidates
 from benchmarks.common import print_table, write_result
 from modalities.crystal import preprocess_cif, read_cif_csv
 from modalities.crystal_checks import check_cif

@@ -1,6 +1,6 @@
 """Pick the sampling temperature on held-out *val* structures, never on test.
 
-The recipe trains on the first 95% of the shuffled val CIFs (apps/train_text.py, ``cif_csv``);
+The recipe trains on the first 95% of the shuffled val CIFs (apps/text/recipe.py, ``cif_csv``);
 this script prompts with the compositions of the last 5% (never trained on) and reports validity
 and match@1 / match@k per temperature, per dataset. crystal_eval.py then runs at the chosen value.
 
@@ -16,8 +16,8 @@ import warnings
 import numpy as np
 import torch
 
-from apps.crystal import CrystalGenerator, rank_candidates
-from apps.train_text import load_config, read_corpus
+from apps.crystal.model import CrystalGenerator, rank_candidates
+from apps.text.recipe import load_config, read_corpus
 from benchmarks.common import print_table, write_result
 from benchmarks.crystal_eval import matcher
 from modalities.crystal import cif_to_structure

@@ -28,7 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from apps.train_text import read_corpus, split_point  # noqa: E402
+from apps.text.recipe import read_corpus, split_point  # noqa: E402
 from backbone.container import OmniModel  # noqa: E402
 from backbone.drafters import HeadDrafter, ModelDrafter, NgramTableDrafter, PromptLookupDrafter  # noqa: E402
 from backbone.generate import generate  # noqa: E402

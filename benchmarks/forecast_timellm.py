@@ -29,7 +29,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from apps.forecast import Forecaster, ett_series  # noqa: E402
+from apps.forecast.model import Forecaster, ett_series  # noqa: E402
 from backbone.container import OmniModel  # noqa: E402
 from backbone.train import TrainConfig, lr_at, make_optimizers  # noqa: E402
 from benchmarks import common  # noqa: E402

@@ -53,7 +53,7 @@ def main():
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from apps.t2i import ImageModel
+    from apps.t2i.model import ImageModel
     from modalities.digit_checks import score_samples, train_classifier
     from modalities.digits import caption, load_split, to_tensor
     torch.manual_seed(0)

@@ -47,7 +47,7 @@ def main():
     ap.add_argument("--save-grid", help="write a PNG of the first model's images here")
     ap.add_argument("--out", default="t2i_geneval_lite", help="result name under benchmarks/results/")
     a = ap.parse_args()
-    from apps.t2i import ImageModel, save_images
+    from apps.t2i.model import ImageModel, save_images
     from modalities.image_checks import geneval_lite
     from modalities.image_shapes import held_out_prompts, make_dataset, parse_caption, render
     torch.manual_seed(0)

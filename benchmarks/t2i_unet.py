@@ -1,8 +1,8 @@
 """UNet text-to-image baseline for GenEval-lite (issue 3): a small diffusers UNet2DConditionModel
-trained with DDPM (Ho et al. 2020) on the same synthetic shape scenes as apps/t2i.py, sampled
+trained with DDPM (Ho et al. 2020) on the same synthetic shape scenes as apps/t2i/model.py, sampled
 with DDIM (Song et al. 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-Conditioning: caption words (apps.t2i.WordVocab ids) -> nn.Embedding + learned positions (+ one
+Conditioning: caption words (apps.t2i.model.WordVocab ids) -> nn.Embedding + learned positions (+ one
 small transformer layer so "red" can bind to the "circle" after it) -> cross-attention. Every
 caption is ``<bos> words <pad>...`` up to ``max_len``; the empty caption ``<bos> <pad>...`` is the
 null condition, trained with probability ``caption_drop`` as in ShapesT2ITask.
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apps.t2i_data import BOS, MAX_PROMPTS, PAD, WordVocab, encode_prompts  # noqa: E402
+from apps.t2i.data import BOS, MAX_PROMPTS, PAD, WordVocab, encode_prompts  # noqa: E402
 from backbone.container import atomic_write_text  # noqa: E402
 
 # ~1.7M parameters: sized for a CPU budget (batch 32: 1.3-1.9 s/step on one busy thread, ~800-1,100 steps in

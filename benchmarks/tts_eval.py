@@ -33,8 +33,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from apps.tts import SpeechModel  # noqa: E402
-from apps.tts_train import SpeechData  # noqa: E402
+from apps.tts.model import SpeechModel  # noqa: E402
+from apps.tts.recipe import SpeechData  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
 from modalities.speech import ar_mask, ar_row  # noqa: E402
 from modalities.speech_asr import CTCRecognizer, edit_ops, normalize_words, phoneme_error_rate, pocketsphinx_wer  # noqa: E402

@@ -7,7 +7,7 @@ Models"): a forecaster that keeps a text model FROZEN and learns only to talk to
       -> frozen text backbone -> hidden states at the N patch positions
       -> first d_ff features, flattened -> linear -> (B, H)   (one model for all horizons)
 
-An ablation of apps/forecast.py (AutoTimes-style: a backbone trained on series): here the
+An ablation of apps/forecast/model.py (AutoTimes-style: a backbone trained on series): here the
 backbone is the text model of assets/text-fortunes-bpe and only the patch embedding, the
 reprogramming layer and the output projection train. The text weights are never updated.
 

@@ -227,7 +227,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    from apps.t2i_data import shapes_data
+    from apps.t2i.data import shapes_data
     cfg = small_autoencoder_config(32, 3, a.latent_channels, a.down, a.width, not a.no_attention)
     tok = train_autoencoder(lambda n, s: shapes_data(n, "train", s)[0], a.steps, a.out, a.lr, a.kl_weight, a.seed,
                             a.device, a.batch_size, cfg, a.patch, log_every=max(1, a.steps // 20))

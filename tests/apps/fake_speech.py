@@ -1,6 +1,6 @@
 """Shared by the speech tests (imported, not a conftest): a stand-in that follows the
-apps.tts.SpeechModel contract, and a fixture-style helper that makes ``SpeechModel.from_pretrained``
-return it (whether or not apps/tts.py exists yet)."""
+apps.tts.model.SpeechModel contract, and a fixture-style helper that makes ``SpeechModel.from_pretrained``
+return it (whether or not apps/tts/model.py exists yet)."""
 from __future__ import annotations
 
 import importlib.util
@@ -19,7 +19,7 @@ class FakeResult:
     durations: list[int] = field(default_factory=list)
     pitch: list[int] = field(default_factory=list)
     pitch_hz: list[float] = field(default_factory=list)
-    n_frames: int = 0               # as apps.tts.SpeechResult: codec frames in wav
+    n_frames: int = 0               # as apps.tts.model.SpeechResult: codec frames in wav
 
 
 class FakeSpeechModel:
@@ -55,14 +55,14 @@ class FakeSpeechModel:
 
 
 def patch_from_pretrained(monkeypatch, model) -> list:
-    """Make apps.tts.SpeechModel.from_pretrained return ``model``; returns the list of
-    (folder, device) it is called with. Installs a stub apps.tts while the real one is missing."""
-    if importlib.util.find_spec("apps.tts") is None:
-        stub = types.ModuleType("apps.tts")
+    """Make apps.tts.model.SpeechModel.from_pretrained return ``model``; returns the list of
+    (folder, device) it is called with. Installs a stub apps.tts.model while the real one is missing."""
+    if importlib.util.find_spec("apps.tts.model") is None:
+        stub = types.ModuleType("apps.tts.model")
         stub.SpeechModel = type("SpeechModel", (), {"MAX_CHARS": 300, "sample_rate": 16000})
-        monkeypatch.setitem(sys.modules, "apps.tts", stub)
+        monkeypatch.setitem(sys.modules, "apps.tts.model", stub)
         monkeypatch.setattr(importlib.import_module("apps"), "tts", stub, raising=False)
-    tts = importlib.import_module("apps.tts")
+    tts = importlib.import_module("apps.tts.model")
     loaded = []
 
     def from_pretrained(cls, folder="assets/speech-tts", codec=None, device=None):

@@ -23,13 +23,13 @@ GOOD = dict(composition="SrTiO3", spacegroup="", n=2, temperature=1.0, top_k=10,
 
 @pytest.fixture(scope="module")
 def gen(make_tiny_lm):
-    from apps.crystal import CrystalGenerator
+    from apps.crystal.model import CrystalGenerator
     tok = CIFTokenizer()
     return CrystalGenerator(make_tiny_lm(tok.vocab_size, block_size=256), tok)
 
 
 def test_handler_returns_table_gallery_files(gen):
-    from apps.crystal_app import make_generate_fn
+    from apps.crystal.app import make_generate_fn
     html, images, files, best = make_generate_fn(gen)(*GOOD.values())
     assert "of 2 candidates valid" in html and "reasons" in html
     assert any(f.endswith("summary.csv") for f in files) and sum(f.endswith(".cif") for f in files) == 2
@@ -51,14 +51,14 @@ def test_handler_returns_table_gallery_files(gen):
 ])
 def test_handler_bad_input_is_a_clear_error(gen, bad, message):
     import gradio as gr
-    from apps.crystal_app import make_generate_fn
+    from apps.crystal.app import make_generate_fn
     with pytest.raises(gr.Error) as e:
         make_generate_fn(gen)(*{**GOOD, **bad}.values())
     assert message in e.value.message and "Traceback" not in e.value.message
 
 
 def test_render_cell_is_an_image():
-    from apps.crystal_app import render_cell
+    from apps.crystal.app import render_cell
     from pymatgen.core import Lattice, Structure
     img = render_cell(Structure(Lattice.cubic(3.9), ["Sr", "Ti", "O"], [[0, 0, 0], [.5, .5, .5], [.5, .5, 0]]))
     assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and img.std() > 0
@@ -66,7 +66,7 @@ def test_render_cell_is_an_image():
 
 def test_check_upload(tmp_path):
     import gradio as gr
-    from apps.crystal_app import MAX_UPLOAD_BYTES, make_check_fn
+    from apps.crystal.app import MAX_UPLOAD_BYTES, make_check_fn
     check = make_check_fn()
     good = tmp_path / "good.cif"
     good.write_text(SAMPLE["perov_5"][0])
@@ -89,7 +89,7 @@ def test_check_upload(tmp_path):
 
 
 def test_missing_checkpoint_names_the_training_command(tmp_path):
-    from apps.crystal_app import load_app
+    from apps.crystal.app import load_app
     with pytest.raises(FileNotFoundError, match="omniar train crystal --config configs/crystal_cif.yaml"):
         load_app(tmp_path / "nope")
 

@@ -19,7 +19,7 @@ def ckpt(tmp_path_factory, make_tiny_lm):
 
 @pytest.fixture(scope="module")
 def gen(ckpt):
-    from apps.crystal import CrystalGenerator
+    from apps.crystal.model import CrystalGenerator
     return CrystalGenerator.from_pretrained(str(ckpt))
 
 
@@ -63,7 +63,7 @@ def test_bad_input(gen, comp, sg, message):
 
 
 def test_not_a_crystal_model_is_refused(tmp_path, make_tiny_lm):
-    from apps.crystal import CrystalGenerator
+    from apps.crystal.model import CrystalGenerator
     from modalities.text import CharTokenizer
     tok = CharTokenizer.train("abc")
     make_tiny_lm(tok.vocab_size).save_pretrained(tmp_path, tokenizer=tok)
@@ -89,7 +89,7 @@ def test_cli_writes_cifs_and_summary(ckpt, tmp_path, capsys):
 
 def test_rank_candidates_orders_valid_then_votes_then_likelihood():
     from pymatgen.core import Lattice, Structure
-    from apps.crystal import Candidate, rank_candidates
+    from apps.crystal.model import Candidate, rank_candidates
     from modalities.crystal_checks import Validity
     cubic = lambda a: Structure(Lattice.cubic(a), ["Sr", "Ti", "O", "O", "O"],
                                 [[0, 0, 0], [.5, .5, .5], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]])
@@ -104,7 +104,7 @@ def test_rank_candidates_orders_valid_then_votes_then_likelihood():
 
 def test_full_cif_recomputes_the_volume():
     import re
-    from apps.crystal import Candidate
+    from apps.crystal.model import Candidate
     from modalities.crystal import preprocess_cif
     from modalities.crystal_checks import check_cif
     import json

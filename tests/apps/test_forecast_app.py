@@ -4,8 +4,8 @@ by headless Chromium (upload a CSV, click, a plot appears)."""
 import numpy as np
 import pytest
 
-from apps.forecast import Forecaster
-from apps.forecast_app import csv_columns, make_forecast_fn, time_columns
+from apps.forecast.model import Forecaster
+from apps.forecast.app import csv_columns, make_forecast_fn, time_columns
 
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-import apps.forecast
-from apps.forecast_bins import BinForecaster, BinSeriesTask, build_model, lm_batch, main
+import apps.forecast.model
+from apps.forecast.bins import BinForecaster, BinSeriesTask, build_model, lm_batch, main
 from backbone.generate import left_pad, prefill
 from modalities.timeseries import kernel_synth
 from modalities.timeseries_bins import BinTokenizer
@@ -104,5 +104,5 @@ def test_recipe_trains_two_steps_and_loads_back(tmp_path):
     assert fc.model.config["meta"]["final_metrics"]["step"] == 2
     assert np.isfinite(fc.model.config["meta"]["final_metrics"]["val_loss"])
     assert fc.predict(np.arange(50.0), horizon=5, num_samples=4).shape == (1, 5, 3)
-    if hasattr(apps.forecast, "load_forecaster"):                                  # the checkpoint dispatch
-        assert isinstance(apps.forecast.load_forecaster(tmp_path / "model"), BinForecaster)
+    if hasattr(apps.forecast.model, "load_forecaster"):                                  # the checkpoint dispatch
+        assert isinstance(apps.forecast.model.load_forecaster(tmp_path / "model"), BinForecaster)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from apps.forecast import Forecaster
+from apps.forecast.model import Forecaster
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_cli_forecast_writes_quantiles_and_refuses_bad_csv(forecaster, tmp_path)
 
 
 def test_series_task_pools_short_history_mixup_and_in_context():
-    from apps.forecast import SeriesTask
+    from apps.forecast.model import SeriesTask
     rng = np.random.default_rng(0)
     pools = {"short": [rng.normal(size=n) for n in (9, 12, 20)], "long": [np.sin(np.arange(500) / 5)]}
     task = SeriesTask(pools, pools["long"], 4, 10, 16, eval_batches=2, context_segments=8, short_history=True,

@@ -1,4 +1,4 @@
-"""apps/speech_io.py: text and reference-clip checks, sentence splitting, sentence-by-sentence
+"""apps/tts/checks.py: text and reference-clip checks, sentence splitting, sentence-by-sentence
 speech, and ``omniar tts`` on a fake SpeechModel (tests/apps/fake_speech.py)."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from apps.speech_io import (check_settings, check_text, check_voice_prompt, read_reference, speak,
+from apps.tts.checks import (check_settings, check_text, check_voice_prompt, read_reference, speak,
                             split_sentences)
 from fake_speech import FakeSpeechModel, patch_from_pretrained  # tests/apps/fake_speech.py
 
@@ -275,7 +275,7 @@ def test_cli_missing_model_folder_is_exit_2(tmp_path, monkeypatch, capsys):
 
     def missing(cls, folder="assets/speech-tts", codec=None, device=None):
         raise FileNotFoundError(f"text-to-speech checkpoint folder {folder} not found")
-    monkeypatch.setattr("apps.tts.SpeechModel.from_pretrained", classmethod(missing))
+    monkeypatch.setattr("apps.tts.model.SpeechModel.from_pretrained", classmethod(missing))
     rc, _, err = run_cli(["tts", "Hi.", "-o", str(tmp_path / "o.wav"), "--model", "nowhere"], capsys)
     assert rc == 2 and "nowhere not found" in err
     assert apps.cli.build_parser().parse_args(["demo", "--speech-model", "x"]).speech_model == "x"

@@ -1,4 +1,4 @@
-"""Text-to-image + captioning recipe (apps/t2i.py): sequences, training, both directions, the CLI."""
+"""Text-to-image + captioning recipe (apps/t2i/model.py): sequences, training, both directions, the CLI."""
 import subprocess
 import sys
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from apps import t2i
-from apps.t2i import BOI, BOS, EOI, EOS, IMG, PAD, WordVocab, build_batch
+from apps.t2i import model as t2i
+from apps.t2i.model import BOI, BOS, EOI, EOS, IMG, PAD, WordVocab, build_batch
 from modalities.image import PatchTokenizer
 
 ROOT = Path(__file__).resolve().parents[2]

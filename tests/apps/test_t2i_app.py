@@ -17,14 +17,14 @@ GOOD = dict(prompt="a red circle", n=2, steps=2, cfg=3.0, temperature=1.0, seed=
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     from test_t2i import tiny_cfg  # tests/apps/test_t2i.py
-    from apps import t2i
+    from apps.t2i import model as t2i
     out = tmp_path_factory.mktemp("t2i_app")
     t2i.run(tiny_cfg(out), out=str(out / "model"))
     return t2i.ImageModel.from_pretrained(out / "model")
 
 
 def test_generate_returns_a_gallery(model):
-    from apps.t2i_app import make_generate_fn
+    from apps.t2i.app import make_generate_fn
     gallery = make_generate_fn(model)(*GOOD.values())
     assert len(gallery) == 2
     im, label = gallery[0]
@@ -42,7 +42,7 @@ def test_generate_returns_a_gallery(model):
 ])
 def test_bad_input_is_a_clear_error(model, bad, message):
     import gradio as gr
-    from apps.t2i_app import make_generate_fn
+    from apps.t2i.app import make_generate_fn
     with pytest.raises(gr.Error) as e:
         make_generate_fn(model)(*{**GOOD, **bad}.values())
     assert message in e.value.message and "Traceback" not in e.value.message
@@ -51,7 +51,7 @@ def test_bad_input_is_a_clear_error(model, bad, message):
 def test_caption_upload(model, tmp_path):
     import gradio as gr
     from PIL import Image
-    from apps.t2i_app import make_caption_fn
+    from apps.t2i.app import make_caption_fn
     cap = make_caption_fn(model)
     png = tmp_path / "scene.png"
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(png)
@@ -65,7 +65,7 @@ def test_caption_upload(model, tmp_path):
 
 
 def test_missing_checkpoint_names_the_training_command(tmp_path):
-    from apps.t2i_app import load_app
+    from apps.t2i.app import load_app
     with pytest.raises(FileNotFoundError, match="omniar train t2i --config configs/t2i_shapes.yaml"):
         load_app(tmp_path / "nope")
 

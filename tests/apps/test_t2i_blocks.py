@@ -1,4 +1,4 @@
-"""The block-causal orders of apps/t2i_blocks.py (next-scale: FlowAR/VAR; next-cell: xAR): batch
+"""The block-causal orders of apps/t2i/blocks.py (next-scale: FlowAR/VAR; next-cell: xAR): batch
 layouts and masks, the cached block-by-block pass agreeing with the training forward, sampling, the
 noisy context of xAR, and a short training run."""
 from pathlib import Path
@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apps import t2i
-from apps.t2i import BOI, BOS, EOI, EOS, IMG, WordVocab, build_batch
-from apps.t2i_blocks import (BATCHES, OPTIONS, SAMPLERS, adapter_kwargs, cell_order, n_slots, next_cell_batch,
+from apps.t2i import model as t2i
+from apps.t2i.model import BOI, BOS, EOI, EOS, IMG, WordVocab, build_batch
+from apps.t2i.blocks import (BATCHES, OPTIONS, SAMPLERS, adapter_kwargs, cell_order, n_slots, next_cell_batch,
                              next_scale_batch, order_options, pyramid, scale_sides, upsample)
 from backbone.container import OmniModel, part
 from backbone.generate import decode_block, left_pad, prefill

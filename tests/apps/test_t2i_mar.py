@@ -1,11 +1,11 @@
-"""The masked (MAR) order of apps/t2i_mar.py: training batches, the cosine schedule, the cached
+"""The masked (MAR) order of apps/t2i/mar.py: training batches, the cosine schedule, the cached
 block pass agreeing with the training forward, and a tiny trained model in both directions."""
 import pytest
 import torch
 
-from apps import t2i
-from apps.t2i import BOI, BOS, IMG, WordVocab, build_batch
-from apps.t2i_mar import mask_image_rows, masked_schedule
+from apps.t2i import model as t2i
+from apps.t2i.model import BOI, BOS, IMG, WordVocab, build_batch
+from apps.t2i.mar import mask_image_rows, masked_schedule
 from backbone.generate import decode_block, prefill
 from backbone.masks import build_mask
 from modalities.image import PatchTokenizer

@@ -48,7 +48,7 @@ def model_tok(ckpt):
 
 # ---- no server ---------------------------------------------------------------------------------
 def test_generate_fn_streams_the_same_text_as_stream_text(model_tok):
-    from apps.text_app import make_generate_fn
+    from apps.text.app import make_generate_fn
     model, tok = model_tok
     fn = make_generate_fn(model, tok)
     outs = list(fn(*{**GOOD, "temperature": 0.0}.values()))
@@ -61,7 +61,7 @@ def test_generate_fn_streams_the_same_text_as_stream_text(model_tok):
 
 
 def test_generate_fn_stop_strings(model_tok):
-    from apps.text_app import make_generate_fn, parse_stop_strings
+    from apps.text.app import make_generate_fn, parse_stop_strings
     assert parse_stop_strings("ROMEO:, JULIET:\n\nNurse") == ["ROMEO:", "JULIET:", "Nurse"]
     assert parse_stop_strings("") == [] and parse_stop_strings(None) == []
     model, tok = model_tok
@@ -73,7 +73,7 @@ def test_generate_fn_stop_strings(model_tok):
 
 
 def test_make_params_conventions():
-    from apps.text_app import make_params
+    from apps.text.app import make_params
     p = make_params(0.8, 0, 1.0, 0.0, 1.0, 20, -1, "A, B")
     assert p.top_k is None and p.min_p is None and p.seed is None and p.stop_strings == ["A", "B"]
     p = make_params(0.8, None, None, 0.1, 1.2, 20.0, None, None)
@@ -99,7 +99,7 @@ def test_make_params_conventions():
 ])
 def test_generate_fn_bad_input_is_a_clear_gradio_error(model_tok, bad, message):
     import gradio as gr
-    from apps.text_app import make_generate_fn
+    from apps.text.app import make_generate_fn
     fn = make_generate_fn(*model_tok)
     with pytest.raises(gr.Error) as e:
         list(fn(*{**GOOD, **bad}.values()))
@@ -110,7 +110,7 @@ def test_generate_fn_bad_input_is_a_clear_gradio_error(model_tok, bad, message):
 def test_build_demo_and_launcher_expose_generate(model_tok):
     import gradio as gr
     from apps.launcher import build_launcher
-    from apps.text_app import build_demo
+    from apps.text.app import build_demo
     demo = build_demo(*model_tok)
     assert isinstance(demo, gr.Blocks)
     launcher = build_launcher({"Text": demo})

@@ -1,7 +1,7 @@
 """The text recipe's corpus reader: one file, a glob or a list, and fortune(6) files."""
 import pytest
 
-from apps.train_text import read_corpus
+from apps.text.recipe import read_corpus
 
 
 def test_glob_and_list_concatenate_in_sorted_order(tmp_path):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from apps import train_text
+from apps.text import recipe as train_text
 from backbone.container import OmniModel
 from backbone.generate import generate
 from backbone.sampling import SamplingParams

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from apps.tts import SpeechModel
-from apps.tts_train import build_model
+from apps.tts.model import SpeechModel
+from apps.tts.recipe import build_model
 from backbone.generate import decode_one_token, prefill
 from modalities.speech import SpeechVocab, ar_mask, ar_row, dgm_keys, frame_phoneme
 from modalities.speech_codec import Codec
@@ -123,7 +123,7 @@ def test_train_codec_and_tts_commands_two_steps(tmp_path, vocab):
 def test_static_cache_path_gives_the_same_speech(vocab, codec, cot, monkeypatch):
     """``compile=True`` decodes over a static cache of block_size slots with full-width masks; with
     the compiler swapped for the plain step, it must give the very same audio as the dynamic cache."""
-    import apps.tts as tts_mod
+    import apps.tts.model as tts_mod
     from backbone.generate import decode_step
     monkeypatch.setattr(tts_mod, "compiled_decode_step", lambda model: decode_step)
     model = tiny(vocab, cot)

@@ -24,7 +24,7 @@ def clip(seconds=2.0, sr=22050):
 
 def test_speak_returns_audio_plot_and_note():
     from matplotlib.figure import Figure
-    from apps.tts_app import make_synthesize_fn
+    from apps.tts.app import make_synthesize_fn
     model = FakeSpeechModel()
     (sr, pcm), plot, note = make_synthesize_fn(model)(*GOOD.values())
     assert sr == 16000 and pcm.dtype == np.int16 and pcm.ndim == 1 and len(pcm) > 0
@@ -38,13 +38,13 @@ def test_speak_returns_audio_plot_and_note():
 
 
 def test_valle_shows_a_note_instead_of_a_plot():
-    from apps.tts_app import NO_PROSODY, make_synthesize_fn
+    from apps.tts.app import NO_PROSODY, make_synthesize_fn
     (_, pcm), plot, note = make_synthesize_fn(FakeSpeechModel(prosody=False))(*GOOD.values())
     assert len(pcm) > 0 and plot["visible"] is False and NO_PROSODY in note
 
 
 def test_voice_prompt_reaches_the_model(tmp_path):
-    from apps.tts_app import make_synthesize_fn
+    from apps.tts.app import make_synthesize_fn
     model = FakeSpeechModel()
     path = tmp_path / "ref.flac"
     sf.write(path, clip(3.0, 44100)[1], 44100)
@@ -71,7 +71,7 @@ def test_voice_prompt_reaches_the_model(tmp_path):
 ])
 def test_bad_input_is_a_clear_error(bad, message):
     import gradio as gr
-    from apps.tts_app import make_synthesize_fn
+    from apps.tts.app import make_synthesize_fn
     model = FakeSpeechModel()
     with pytest.raises(gr.Error) as e:
         make_synthesize_fn(model)(*{**GOOD, **bad}.values())
@@ -81,7 +81,7 @@ def test_bad_input_is_a_clear_error(bad, message):
 
 def test_malformed_upload_is_a_clear_error(tmp_path):
     import gradio as gr
-    from apps.tts_app import make_synthesize_fn
+    from apps.tts.app import make_synthesize_fn
     (tmp_path / "voice.wav").write_bytes(b"RIFF nonsense")
     with pytest.raises(gr.Error, match="cannot read voice.wav as audio"):
         make_synthesize_fn(FakeSpeechModel())(*{**GOOD, "ref": str(tmp_path / "voice.wav"), "transcript": "w"}.values())
@@ -89,7 +89,7 @@ def test_malformed_upload_is_a_clear_error(tmp_path):
 
 def test_model_failure_is_named_not_traced():
     import gradio as gr
-    from apps.tts_app import make_synthesize_fn
+    from apps.tts.app import make_synthesize_fn
     model = FakeSpeechModel()
     model.synthesize = lambda *a, **k: 1 / 0
     with pytest.raises(gr.Error, match="speech synthesis failed \\(ZeroDivisionError"):
@@ -97,14 +97,15 @@ def test_model_failure_is_named_not_traced():
 
 
 def test_build_demo_does_no_work():
-    from apps.tts_app import build_demo
+    from apps.tts.app import build_demo
     model = FakeSpeechModel()
     demo = build_demo(model)
     assert model.calls == [] and "tts" in {d.api_name for d in demo.fns.values()}
 
 
 def test_load_app_and_launcher_tab(tmp_path, monkeypatch, capsys):
-    from apps import launcher, tts_app
+    from apps import launcher
+    from apps.tts import app as tts_app
     with pytest.raises(FileNotFoundError, match="omniar train tts --config configs/tts_ralle.yaml"):
         tts_app.load_app(tmp_path / "nope")
     folder = tmp_path / "speech"
@@ -130,7 +131,7 @@ def test_load_app_and_launcher_tab(tmp_path, monkeypatch, capsys):
 def page():
     from app_server import browser_tab, free_port  # tests/apps/app_server.py
     from apps.launcher import build_launcher
-    from apps.tts_app import build_demo
+    from apps.tts.app import build_demo
     for k in ("NO_PROXY", "no_proxy"):
         os.environ[k] = "127.0.0.1,localhost"
     demo = build_launcher({"Speech": build_demo(FakeSpeechModel())})

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.crystal import CrystalGenerator
+from apps.crystal.model import CrystalGenerator
 from modalities.crystal import preprocess_cif
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.forecast import Forecaster, ett_series
+from apps.forecast.model import Forecaster, ett_series
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "assets" / "forecast-etth1"

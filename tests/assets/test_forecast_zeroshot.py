@@ -2,7 +2,7 @@
 it must beat seasonal naive on sMAPE and on the geometric-mean relative MASE."""
 import numpy as np
 
-from apps.forecast import Forecaster
+from apps.forecast.model import Forecaster
 from benchmarks.forecast_m3 import mase, seasonal_naive, smape
 
 

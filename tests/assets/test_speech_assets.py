@@ -60,7 +60,7 @@ def test_speaker_encoder_tells_voices_apart(refs):
 
 @pytest.fixture(scope="module")
 def tts():
-    from apps.tts import SpeechModel
+    from apps.tts.model import SpeechModel
     return SpeechModel.from_pretrained(ASSETS / "speech-tts")
 
 

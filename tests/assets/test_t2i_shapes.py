@@ -6,7 +6,7 @@ below the numbers measured on the subsets used here, and far above what ignoring
 import numpy as np
 import torch
 
-from apps.t2i import ImageModel
+from apps.t2i.model import ImageModel
 from benchmarks.caption_accuracy import score
 from modalities.image_checks import geneval_lite
 from modalities.image_shapes import held_out_prompts, make_dataset, task_of

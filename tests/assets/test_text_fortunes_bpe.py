@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from apps.train_text import load_config, read_corpus
+from apps.text.recipe import load_config, read_corpus
 from backbone.container import OmniModel
 from modalities.text import load_tokenizer
 from quality_utils import val_loss_on_windows  # tests/assets/quality_utils.py

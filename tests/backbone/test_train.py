@@ -10,7 +10,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from apps import train_text
+from apps.text import recipe as train_text
 from backbone.train import TrainConfig, latest_checkpoint, lr_at
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -19,7 +19,7 @@ from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 from modalities.text import TextLMTask, make_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def resolve(path: str) -> Path:

@@ -242,7 +242,7 @@ def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None 
             pitch += list(r.pitch)
             pitch_hz += list(r.pitch_hz)
     extra = {}
-    if all(isinstance(getattr(r, "n_frames", None), int) for r in results):   # apps.tts keeps a frame count
+    if all(isinstance(getattr(r, "n_frames", None), int) for r in results):   # apps.tts.model keeps a frame count
         extra["n_frames"] = sum(r.n_frames for r in results) + frames * (len(results) - 1)
     return dataclasses.replace(first, wav=np.concatenate(wav), phonemes=phonemes, durations=durations,
                                pitch=pitch, pitch_hz=pitch_hz, **extra)
@@ -266,7 +266,7 @@ def cli_tts(a) -> None:
     prompt_wav, prompt_text = check_voice_prompt(a.voice_prompt, a.prompt_text)
     for piece in pieces:
         check_text(piece)
-    from apps.tts import SpeechModel
+    from apps.tts.model import SpeechModel
     model = SpeechModel.from_pretrained(a.model, device=a.device)
     if prompt_wav is not None and model.sample_rate != SAMPLE_RATE:
         prompt_wav = read_reference(a.voice_prompt, model.sample_rate)

@@ -347,7 +347,7 @@ def load_forecaster(folder, device=None):
     except (ValueError, UnicodeDecodeError):
         raise ValueError(f"{cfg} is not a valid JSON config") from None
     if task == "forecast_bins":
-        from apps.forecast_bins import BinForecaster
+        from apps.forecast.bins import BinForecaster
         return BinForecaster.from_pretrained(folder, device=device)
     return Forecaster.from_pretrained(folder, device=device)
 

@@ -6,7 +6,7 @@ The last ``--val-frac`` of the series is held out: the model is scored on it (pi
 windows that forecast into it) before and after training, and both numbers are printed and
 stored in the new checkpoint's config. Training goes through the shared trainer, so
 checkpoints are atomic and ``--resume`` continues exactly; the segment windows are drawn the
-same way as in pre-training (``apps.forecast.SeriesTask``, short histories allowed).
+same way as in pre-training (``apps.forecast.model.SeriesTask``, short histories allowed).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.forecast import Forecaster, SeriesTask, read_series_csv
+from apps.forecast.model import Forecaster, SeriesTask, read_series_csv
 from backbone.container import OmniModel
 from backbone.train import TrainConfig, train
 

@@ -170,7 +170,7 @@ def build_model(cfg: dict, vocab: SpeechVocab, n_q: int) -> OmniModel:
 
 
 def load_data(cfg: dict) -> SpeechData:
-    from apps.tts_codec import load_corpus
+    from apps.tts.codec_recipe import load_corpus
     d = cfg.get("data", {})
     folder = Path(d.get("prepared", "runs/speech/tts_data"))
     if not (folder / "meta.jsonl").is_file():
@@ -193,8 +193,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
     return model, metrics
 
 
-if __name__ == "__main__":   # prepare the encoded data once: python -m apps.tts_train [codec folder]
+if __name__ == "__main__":   # prepare the encoded data once: python -m apps.tts.recipe [codec folder]
     import sys
-    from apps.tts_codec import load_corpus
+    from apps.tts.codec_recipe import load_corpus
     prepare(load_corpus({}), Codec.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else "assets/speech-codec"),
             sys.argv[2] if len(sys.argv) > 2 else "runs/speech/tts_data")

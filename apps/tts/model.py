@@ -30,7 +30,7 @@ from modalities.speech import (BOS, EOS, PROS, SOS, SpeechVocab, dgm_keys, frame
                                phoneme_prosody)
 from modalities.speech_codec import Codec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -75,7 +75,7 @@ class SpeechModel:
     # ---- text and prompt ----------------------------------------------------------------------
     def phonemize(self, text: str) -> list[str]:
         """Checked text -> the IPA phonemes espeak-ng speaks for it (ValueError if none)."""
-        from apps.speech_io import check_text
+        from apps.tts.checks import check_text
         from modalities.speech_corpus import phonemes_of
         check_text(text, self.MAX_CHARS)
         ph = phonemes_of(text, self.VOICE)

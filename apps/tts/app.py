@@ -1,9 +1,9 @@
 """Speech app: text to speech, optionally in the voice of a short reference clip, with a plot of the
 predicted prosody (duration and pitch per phoneme) when the model predicts it (RALL-E).
 
-    python -m apps.tts_app [--model assets/speech-tts] [--host 127.0.0.1] [--port 7860]
+    python -m apps.tts.app [--model assets/speech-tts] [--host 127.0.0.1] [--port 7860]
 
-``build_demo(model)`` does no work until an event fires; ``model`` follows apps.tts.SpeechModel
+``build_demo(model)`` does no work until an event fires; ``model`` follows apps.tts.model.SpeechModel
 (``MAX_CHARS``, ``sample_rate``, ``synthesize(...) -> SpeechResult``). Bad input (empty or
 unpronounceable text, text over the limit, a clip that is unreadable, silent, too short or too long,
 a clip without its transcript) ends as a ``gr.Error`` with a plain message, never a traceback.
@@ -21,7 +21,7 @@ import gradio as gr
 import numpy as np
 
 from apps.serving import check_checkpoint, serve, user_errors
-from apps.speech_io import (FRAME_RATE, MAX_CHARS, MAX_REF_S, MIN_REF_S, check_settings, check_text,
+from apps.tts.checks import (FRAME_RATE, MAX_CHARS, MAX_REF_S, MIN_REF_S, check_settings, check_text,
                             check_voice_prompt, speak)
 
 DEFAULT_MODEL = "assets/speech-tts"
@@ -117,12 +117,12 @@ def build_demo(model, title: str = "OmniAR speech") -> gr.Blocks:
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> speech app Blocks (FileNotFoundError naming the training command)."""
     folder = check_checkpoint(folder, "text-to-speech", TRAIN_COMMAND, files=CHECKPOINT_FILES)
-    from apps.tts import SpeechModel
+    from apps.tts.model import SpeechModel
     return build_demo(SpeechModel.from_pretrained(str(folder), device=device))
 
 
 def main(argv=None) -> int:
-    return serve("python -m apps.tts_app", "OmniAR speech app", DEFAULT_MODEL, load_app, argv)
+    return serve("python -m apps.tts.app", "OmniAR speech app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

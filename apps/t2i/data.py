@@ -1,4 +1,4 @@
-"""Sequences and batches of the text-to-image recipe (apps/t2i.py): the word vocabulary, the
+"""Sequences and batches of the text-to-image recipe (apps/t2i/model.py): the word vocabulary, the
 interleaved layout, the data sources (shape renders, digits) and the trainer's task.
 
     text-to-image:  <bos> a red circle ... <boi> p1 ... p64 <eoi> <eos>
@@ -135,7 +135,7 @@ class ShapesT2ITask:
         self.vocab, self.tok, self.batch_size, self.seed, self.order = vocab, tok, batch_size, seed, order
         self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
         self.data = DATA[data]
-        self.order_kw = order_kw or {}                    # next_scale / next_cell options (apps/t2i_blocks.py)
+        self.order_kw = order_kw or {}                    # next_scale / next_cell options (apps/t2i/blocks.py)
         self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
 
     def _batch(self, g: np.random.Generator, split: str) -> dict:
@@ -145,11 +145,11 @@ class ShapesT2ITask:
                 for p, c, m in zip(prompts, captions, modes)]
         batch = build_batch(caps, self.tok.encode(images), modes)
         if self.order == "mar":
-            from apps.t2i_mar import mask_image_rows
+            from apps.t2i.mar import mask_image_rows
             gen = torch.Generator().manual_seed(int(g.integers(2**31)))
             batch = mask_image_rows(batch, torch.tensor([m == "gen" for m in modes]), gen)
         elif self.order in ("next_scale", "next_cell"):
-            from apps.t2i_blocks import BATCHES
+            from apps.t2i.blocks import BATCHES
             gen = torch.Generator().manual_seed(int(g.integers(2**31)))
             batch = BATCHES[self.order](batch, torch.tensor([m == "gen" for m in modes]), gen, patch=self.tok.patch,
                                         **self.order_kw)

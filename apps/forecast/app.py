@@ -3,7 +3,7 @@ history with the median forecast and its 10-90% band, and download the forecast 
 time column the plot is over dates, the CSV gets a time column, and models trained with
 timestamps (AutoTimes' timestamps as positions) get them.
 
-    python -m apps.forecast_app --model assets/forecast-zeroshot [--host 127.0.0.1] [--port 7860]
+    python -m apps.forecast.app --model assets/forecast-zeroshot [--host 127.0.0.1] [--port 7860]
 
 ``build_demo(forecaster)`` does no work until an event fires. A malformed, binary, huge or
 non-numeric upload, an unknown column or a bad horizon ends as a ``gr.Error`` with a plain
@@ -104,13 +104,13 @@ def plot_forecast(history: np.ndarray, q: np.ndarray, title: str, times=None) ->
 
 
 def make_forecast_fn(forecaster):
-    from apps.forecast import read_series_csv
+    from apps.forecast.model import read_series_csv
 
     @user_errors("Cannot forecast", "forecast")
     def run(path, column, horizon, time_column=NO_TIME):
         import pandas as pd
 
-        from apps.forecast import read_time_csv
+        from apps.forecast.model import read_time_csv
         cols = csv_columns(path)
         if column not in cols:
             raise ValueError(f"pick a numeric column: {cols}")
@@ -168,13 +168,13 @@ def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> forecasting app Blocks (FileNotFoundError/ValueError with a clear message)."""
-    from apps.forecast import Forecaster
+    from apps.forecast.model import Forecaster
     folder = check_checkpoint(folder, "forecasting", TRAIN_COMMAND, files=("config.json", "model.safetensors"))
     return build_demo(Forecaster.from_pretrained(folder, device=device))
 
 
 def main(argv=None) -> int:
-    return serve("python -m apps.forecast_app", "OmniAR forecasting app", DEFAULT_MODEL, load_app, argv)
+    return serve("python -m apps.forecast.app", "OmniAR forecasting app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

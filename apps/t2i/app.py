@@ -1,7 +1,7 @@
 """Images app: text-to-image (a gallery) and captioning (upload an image, get a caption) on one
 checkpoint.
 
-    python -m apps.t2i_app --model assets/t2i-shapes[,assets/t2i-shapes-flow,...] [--host 127.0.0.1] [--port 7860]
+    python -m apps.t2i.app --model assets/t2i-shapes[,assets/t2i-shapes-flow,...] [--host 127.0.0.1] [--port 7860]
 
 Several checkpoints (comma-separated) fill the order and head menus: a generation order and a
 head are properties of a trained checkpoint, so picking them picks the checkpoint.
@@ -69,7 +69,7 @@ def make_generate_fn(models):
 
 
 def make_caption_fn(model):
-    from apps.t2i import read_image
+    from apps.t2i.model import read_image
 
     @user_errors("Cannot caption", "captioning")
     def caption(path):
@@ -83,7 +83,7 @@ def make_caption_fn(model):
 
 
 def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
-    """The images app as a Blocks (not launched). ``models``: an apps.t2i.ImageModel or a list of
+    """The images app as a Blocks (not launched). ``models``: an apps.t2i.model.ImageModel or a list of
     them; the first is the default and does the captioning."""
     table = _by_kind(models)
     model = next(iter(table.values()))
@@ -128,7 +128,7 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
 def load_app(folders: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder(s), comma-separated -> images app Blocks (FileNotFoundError with the
     training command)."""
-    from apps.t2i import ImageModel
+    from apps.t2i.model import ImageModel
     models = []
     for folder in str(folders).split(","):
         folder = check_checkpoint(folder.strip(), "text-to-image", TRAIN_COMMAND,
@@ -138,7 +138,7 @@ def load_app(folders: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
 
 
 def main(argv=None) -> int:
-    return serve("python -m apps.t2i_app", "OmniAR images app", DEFAULT_MODEL, load_app, argv)
+    return serve("python -m apps.t2i.app", "OmniAR images app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

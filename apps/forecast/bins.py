@@ -1,10 +1,10 @@
 """Chronos-style forecasting on the shared backbone: mean scaling + uniform bins, an LM head over
 the bins, teacher-forced next-token training, sampled forecasts (Ansari et al. 2024).
 
-    python -m apps.forecast_bins --config configs/forecast_bins.yaml
+    python -m apps.forecast.bins --config configs/forecast_bins.yaml
     BinForecaster.from_pretrained("assets/forecast-bins").predict(context, horizon=18)
 
-The alternative to the segment forecaster (apps/forecast.py) on the same backbone and the same
+The alternative to the segment forecaster (apps/forecast/model.py) on the same backbone and the same
 training data: the task subclasses its SeriesTask, so pools, mix weights, short histories, missing
 values and TSMixup are shared; only the way a window becomes model input differs. A model is an
 OmniModel with an untied ``lm`` head of ``n_bins`` outputs (heads/lm.LMHead) over a token
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.forecast import MAX_CONTEXT, MAX_HORIZON, MAX_SERIES, SeriesTask, data_pools
+from apps.forecast.model import MAX_CONTEXT, MAX_HORIZON, MAX_SERIES, SeriesTask, data_pools
 from backbone.container import OmniModel, part
 from backbone.generate import generate
 from backbone.masks import build_mask
@@ -232,8 +232,8 @@ class BinForecaster:
 
 
 def main(argv=None):
-    """``python -m apps.forecast_bins --config configs/forecast_bins.yaml [--out DIR]``."""
-    from apps.train_text import load_config
+    """``python -m apps.forecast.bins --config configs/forecast_bins.yaml [--out DIR]``."""
+    from apps.text.recipe import load_config
     ap = argparse.ArgumentParser(description="train a Chronos-style bin-token forecaster")
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", help="the finished checkpoint folder (default: the config's 'out')")
@@ -245,7 +245,7 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     cfg = load_config(a.config, required=("data", "model", "train", "context_length", "prediction_length"))
     argv = sys.argv[1:] if argv is None else argv
-    command = "python -m apps.forecast_bins " + " ".join(shlex.quote(x) for x in argv)
+    command = "python -m apps.forecast.bins " + " ".join(shlex.quote(x) for x in argv)
     _, metrics = run(cfg, out=a.out or cfg.get("out"), device=a.device, resume=a.resume, command=command)
     print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
 

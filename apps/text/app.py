@@ -1,6 +1,6 @@
 """Text generation app: a thin Gradio front end over ``modalities.text.stream_text``.
 
-    python -m apps.text_app --model assets/text-shakespeare [--host 127.0.0.1] [--port 7860]
+    python -m apps.text.app --model assets/text-shakespeare [--host 127.0.0.1] [--port 7860]
 
 ``build_demo(model, tokenizer)`` does no work until an event fires; nothing runs at import time.
 Every bad input (empty prompt, unknown characters, a prompt longer than the context, absurd
@@ -160,7 +160,7 @@ def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
 
 
 def main(argv=None) -> int:
-    return serve("python -m apps.text_app", "OmniAR text generation app", DEFAULT_MODEL, load_app, argv)
+    return serve("python -m apps.text.app", "OmniAR text generation app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Crystal generation app: composition (+ optional space group) in, ranked CIFs with validity
 badges, unit-cell pictures and downloads out; plus a checker for an uploaded CIF.
 
-    python -m apps.crystal_app --model assets/crystal-cif [--host 127.0.0.1] [--port 7860]
+    python -m apps.crystal.app --model assets/crystal-cif [--host 127.0.0.1] [--port 7860]
 
 ``build_demo(generator)`` does no work until an event fires. Bad input (unknown element,
 malformed composition, too many atoms for the context, unknown space group, a malformed or
@@ -77,7 +77,7 @@ def results_html(cands) -> str:
 
 
 def make_generate_fn(generator):
-    from apps.crystal import write_candidates
+    from apps.crystal.model import write_candidates
 
     @_user_errors("Cannot generate", "generation")
     def generate(composition, spacegroup, n, temperature, top_k, seed):
@@ -166,13 +166,13 @@ def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> crystal app Blocks (FileNotFoundError/ValueError with a clear message)."""
-    from apps.crystal import CrystalGenerator
+    from apps.crystal.model import CrystalGenerator
     folder = check_checkpoint(folder, "crystal", TRAIN_COMMAND)
     return build_demo(CrystalGenerator.from_pretrained(str(folder), device=device))
 
 
 def main(argv=None) -> int:
-    return serve("python -m apps.crystal_app", "OmniAR crystal app", DEFAULT_MODEL, load_app, argv)
+    return serve("python -m apps.crystal.app", "OmniAR crystal app", DEFAULT_MODEL, load_app, argv)
 
 
 if __name__ == "__main__":

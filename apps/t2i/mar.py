@@ -2,7 +2,7 @@
 
 MAR (Li et al. 2024, "Autoregressive Image Generation without Vector Quantization") predicts a
 random subset of patches at a time from all the patches known so far. On the shared backbone
-that is one sequence with the raster layout of apps/t2i.py,
+that is one sequence with the raster layout of apps/t2i/model.py,
 
     <bos> a red circle <boi> [x1 .. x64] <eoi> <eos>
 
@@ -29,7 +29,7 @@ from backbone.masks import build_mask
 
 
 def mask_image_rows(batch: dict, gen_rows: Tensor, generator: torch.Generator) -> dict:
-    """Turn a raster batch (apps/t2i.py ``build_batch``) into a masked-order batch, in place.
+    """Turn a raster batch (apps/t2i/model.py ``build_batch``) into a masked-order batch, in place.
 
     gen_rows (B,) bool: text-to-image rows, which get a cosine-distributed share of masked patches
     (at least one); captioning rows keep every patch. Adds the (B, 1, T, T) attention mask and the

@@ -26,7 +26,7 @@ one cell like raster's next token. Patch index = the raster place of the slot's 
 (n_patches = 64). Noisy context learning (xAR): in training each context cell enters as
 x_in = (1 - t) x + t eps, t ~ U(0, t_max) per cell; targets stay clean, inference context is clean.
 
-Captioning rows (both orders) keep apps/t2i.py's raster layout ``<bos> <boi> p1..p64 <eoi> words``
+Captioning rows (both orders) keep apps/t2i/model.py's raster layout ``<bos> <boi> p1..p64 <eoi> words``
 with the image as one bidirectional block, no masked slots and no image targets (as in the MAR
 order); patch index = ``n_patches - 64 + raster`` (the finest scale's slots for next-scale, the
 raster place for next-cell). Unconditional images for guidance come from caption-dropped rows.
@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from apps.t2i_data import BOI, BOS, EOI, EOS, IMG, PAD
+from apps.t2i.data import BOI, BOS, EOI, EOS, IMG, PAD
 from backbone.generate import DecodeState, decode_block
 from backbone.masks import build_mask
 
@@ -117,7 +117,7 @@ def cell_order(n_side: int, cell: int = 2) -> Tensor:
 
 # ---- training batches ----------------------------------------------------------------------------
 def _unpack(batch: dict, gen_rows: Tensor) -> tuple[list[list[int]], Tensor]:
-    """A raster batch (apps/t2i.py ``build_batch``) -> per-row caption ids, patches (B, N, d)."""
+    """A raster batch (apps/t2i/model.py ``build_batch``) -> per-row caption ids, patches (B, N, d)."""
     ids, is_patch = batch["input_ids"], batch["embed_mask"]
     seq = batch["adapter_inputs"]["image"][0]
     B, N = ids.shape[0], int(is_patch[0].sum())

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from apps.t2i_data import (BOI, BOS, DATA, EOI, EOS, IMG, MAX_PROMPTS, PAD, SPECIALS,  # noqa: F401
+from apps.t2i.data import (BOI, BOS, DATA, EOI, EOS, IMG, MAX_PROMPTS, PAD, SPECIALS,  # noqa: F401
                            ShapesT2ITask, WordVocab, _rows, build_batch, digits_data, encode_prompts,
                            grammar_words, shapes_data)
 from backbone.container import OmniModel, part
@@ -76,8 +76,8 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
     else:
         raise ValueError(f"unknown head kind {kind!r}; choose 'diffusion' or 'flow'")
     head_kw = {k: v for k, v in h.items() if k != "kind"}
-    if order in ("next_scale", "next_cell"):  # apps/t2i_blocks.py: one patch index per slot, a learned start
-        from apps.t2i_blocks import adapter_kwargs, order_options
+    if order in ("next_scale", "next_cell"):  # apps/t2i/blocks.py: one patch index per slot, a learned start
+        from apps.t2i.blocks import adapter_kwargs, order_options
         adapter_kw, order_kw = adapter_kwargs(order, tok.n_side), order_options(order, cfg.get("order_kw"))
     else:
         adapter_kw, order_kw = {"n_patches": tok.n_tokens, **({"mask_token": True} if order == "mar" else {})}, {}
@@ -135,7 +135,7 @@ class ImageModel:
         """Generate one image per prompt -> (B, 3, H, W) in [0, 1].
 
         ``steps``: denoising steps of the head per patch. ``passes``: backbone passes of a masked
-        (MAR) order, 1 to N (apps/t2i_mar.py); the raster order makes one per patch.
+        (MAR) order, 1 to N (apps/t2i/mar.py); the raster order makes one per patch.
         Raster order: the cond rows (caption) and null rows (no caption) decode together; each
         patch is sampled from the guided head output and fed back to both. ``cfg_schedule``
         "linear" ramps the scale from 1 to ``cfg`` over the patches (MAR); for this raster model a
@@ -150,8 +150,8 @@ class ImageModel:
         head = self.model.heads["image"]
         gen = torch.Generator(device=dev).manual_seed(seed)
         h, state = prefill(self.model, ids.to(dev), am.to(dev), ids.shape[1] + self.model.adapters["image"].n_patches)
-        if self.order in ("next_scale", "next_cell"):  # one committed block per scale / cell (apps/t2i_blocks.py)
-            from apps.t2i_blocks import SAMPLERS
+        if self.order in ("next_scale", "next_cell"):  # one committed block per scale / cell (apps/t2i/blocks.py)
+            from apps.t2i.blocks import SAMPLERS
             try:
                 x = SAMPLERS[self.order](self.model, state, B, {"steps": steps, "temperature": temperature}, gen,
                                          guided, lambda p: ramp(cfg_schedule, cfg, p), patch=self.tok.patch,
@@ -160,7 +160,7 @@ class ImageModel:
                 self.model.backbone.clear_cache()
             return self.tok.decode(x)
         if self.order == "mar":
-            from apps.t2i_mar import sample_block
+            from apps.t2i.mar import sample_block
             try:
                 x = sample_block(self.model, state, B, N, passes, {"steps": steps, "temperature": temperature},
                                  gen, guided, lambda p: ramp(cfg_schedule, cfg, p), commit=False)
@@ -212,11 +212,11 @@ class ImageModel:
                 if images:  # one image per sequence, as in training
                     break
                 if self.order == "mar":
-                    from apps.t2i_mar import sample_block
+                    from apps.t2i.mar import sample_block
                     img = sample_block(self.model, state, 1, N, min(16, N), {"steps": steps, "temperature": temperature},
                                        gen, False, None)                                      # (1, N, d)
                 elif self.order in ("next_scale", "next_cell"):
-                    from apps.t2i_blocks import SAMPLERS
+                    from apps.t2i.blocks import SAMPLERS
                     img = SAMPLERS[self.order](self.model, state, 1, {"steps": steps, "temperature": temperature},
                                                gen, False, None, patch=self.tok.patch, **self.order_kw)  # (1, N, d)
                 else:

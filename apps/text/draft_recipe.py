@@ -16,8 +16,8 @@ import sys
 
 import torch
 
-from apps import train_text
-from apps.train_text import read_corpus, resolve, split_point
+from apps.text import recipe as train_text
+from apps.text.recipe import read_corpus, resolve, split_point
 from backbone.container import OmniModel, part
 from backbone.train import TrainConfig, train
 from heads.draft import DraftHead

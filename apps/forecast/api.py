@@ -21,7 +21,7 @@ import numpy as np
 from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from apps.forecast import MAX_HORIZON, Forecaster
+from apps.forecast.model import MAX_HORIZON, Forecaster
 
 MAX_SERIES_PER_REQUEST, MAX_POINTS = 256, 20_000
 
