@@ -62,3 +62,21 @@ class KVCache(nn.Module):
         else:
             rc.index_copy_(1, input_pos, u.to(rc.dtype))
         return rc if self.static else rc[:, :int(input_pos.max()) + 1]
+
+
+class Cache(nn.Module):
+    """One generation's KV cache: a KVCache per layer. It belongs to the request (held by its
+    DecodeState, backbone/generate.py), not to the model, so two generations on one model never
+    share or clobber slots. Made by ``Transformer.new_cache``; passed as ``forward(cache=...)``."""
+
+    def __init__(self, layers: list[KVCache]):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    @property
+    def max_seq(self) -> int:
+        return self.layers[0].max_seq
+
+    @property
+    def static(self) -> bool:
+        return self.layers[0].static

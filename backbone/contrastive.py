@@ -52,12 +52,12 @@ def generate_contrastive(model, prompts: list[list[int]], params: SamplingParams
     done = torch.zeros(B, dtype=torch.bool, device=device)
     try:
         # 1. prefill every prompt K times (one copy per candidate row)
-        bb.setup_cache(B * K, S, device=device)
+        cache = bb.new_cache(B * K, S, device=device)
         slots = torch.arange(P, device=device)
         positions = (am.cumsum(-1) - 1).clamp(min=0)                              # (B, P)
         mask = build_mask(slots, slots, kv_rep[:, :P], slots)
         h = bb(input_ids=ids.repeat_interleave(K, 0), positions=positions.repeat_interleave(K, 0),
-               mask=mask, input_pos=slots)[::K]                                  # (B, P, D)
+               mask=mask, input_pos=slots, cache=cache)[::K]                                  # (B, P, D)
         ctx = torch.zeros(B, S, h.shape[-1], dtype=h.dtype, device=device)     # hidden state of every token
         ctx[:, :P] = h
         last, pos = h[:, -1], positions[:, -1] + 1                                # (B, D), (B,)
@@ -71,7 +71,7 @@ def generate_contrastive(model, prompts: list[list[int]], params: SamplingParams
             sl = torch.tensor([slot], device=device)
             m = kv_rep[:, None, None, :slot + 1]                                  # (B*K, 1, 1, slot+1)
             hc = bb(input_ids=top_i.reshape(B * K, 1), positions=pos.repeat_interleave(K)[:, None],
-                    mask=m, input_pos=sl)[:, -1].view(B, K, -1)                   # (B, K, D)
+                    mask=m, input_pos=sl, cache=cache)[:, -1].view(B, K, -1)                   # (B, K, D)
             # 4. degeneration penalty: max cosine similarity to any earlier real token
             sim = F.cosine_similarity(hc[:, :, None, :].float(), ctx[:, None, :slot, :].float(), dim=-1)  # (B, K, slot)
             sim = sim.masked_fill(~key_valid[:, None, :slot], float("-inf")).max(-1).values
@@ -83,12 +83,11 @@ def generate_contrastive(model, prompts: list[list[int]], params: SamplingParams
                 return
             # 5. keep the chosen candidate: copy its keys/values to its group's other rows
             src = (group + best).repeat_interleave(K)                             # (B*K,)
-            for layer in bb.layers:
-                c = layer.attn.kv_cache
+            for c in cache.layers:
                 c.k_cache[:B * K, :, slot] = c.k_cache[src, :, slot]
                 c.v_cache[:B * K, :, slot] = c.v_cache[src, :, slot]
             last = hc[torch.arange(B, device=device), best]                      # (B, D)
             ctx[:, slot] = last
             pos = pos + 1
     finally:
-        bb.clear_cache()
+        pass

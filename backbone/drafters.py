@@ -177,18 +177,18 @@ class ModelDrafter:
     def reset(self, batch: int, max_seq: int, device=None):
         if max_seq > self.model.args.block_size:
             raise ValueError(f"the draft model's context ({self.model.args.block_size}) is shorter than {max_seq}")
-        self.model.backbone.setup_cache(batch, max_seq, device=device)
+        self.cache = self.model.backbone.new_cache(batch, max_seq, device=device)
         self.written = torch.full((batch, max_seq), -1, dtype=torch.long, device=device)
 
     def close(self):
-        self.model.backbone.clear_cache()
+        self.cache = None
 
     def _forward(self, tokens: Tensor, slots: Tensor, positions: Tensor, key_valid: Tensor | None) -> Tensor:
         """Write tokens (B, T) at per-row slots (B, T) with position ids (B, T); logits (B, T, V)."""
         S = int(slots.max()) + 1
         keys = torch.arange(S, device=tokens.device)
         mask = build_mask(slots, keys, None if key_valid is None else key_valid[:, :S])
-        h = self.model.backbone(input_ids=tokens, positions=positions, mask=mask, input_pos=slots)
+        h = self.model.backbone(input_ids=tokens, positions=positions, mask=mask, input_pos=slots, cache=self.cache)
         self.written.scatter_(1, slots, tokens)
         return self.model.heads[self.head](h)
 

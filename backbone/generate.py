@@ -1,18 +1,34 @@
-"""The one generation loop (gpt-fast style: prefill, decode_one_token, decode_n_tokens).
+"""The one generation loop (gpt-fast style: prefill, decode_one_token, decode_n_tokens), driven by schedules.
 
-Batched prompts of different lengths are left-padded; an attention mask hides the padding
-and per-row position ids start every prompt at 0, so a batched run gives the same tokens
-as running each prompt alone. Later modalities plug in by choosing the head and the way a
-sample becomes the next input embedding; the loop itself stays this one.
+Every task generates through ``Generation.step``:
+
+    0. the schedule's prompt is prefilled into a fresh KV cache that belongs to this generation;
+    1. the schedule names the active head and the hidden states it conditions on (``Step``);
+    2. that head samples (``head.sample(h, **opts)``);
+    3. the schedule (through its modality) turns the sample into the next inputs (``Feed``);
+    4. the backbone advances over the cache: one token, one embedding, or a block of N positions
+       (committed, or rewritten on the next pass as a masked order does), or starts over.
+
+A schedule is a small object (``Schedule``) that says, at each step, which head is active, which
+positions it fills, the attention block of a fed block, how a sample becomes the next input, and
+when to stop or hand over. Text (``TextSchedule`` below), images, speech and forecasts are
+schedules over this one loop; the apps keep none of their own. The cache and positions live in the
+generation's ``DecodeState``, never on the model, so two generations on one model interleave
+freely: that is what batched serving builds on.
+
+Batched prompts of different lengths are left-padded; an attention mask hides the padding and
+per-row position ids start every prompt at 0, so a batched run gives the same tokens as running
+each prompt alone.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
+from .cache import Cache
 from .masks import build_mask
 from .sampling import SamplingParams
 from .skip import LayerSkip
@@ -20,14 +36,135 @@ from .skip import LayerSkip
 
 @dataclass
 class DecodeState:
-    """What the loop carries between steps."""
+    """What one generation carries between steps: its cache and where it is."""
     positions: Tensor        # (B,) next position id of each row
     key_valid: Tensor | None  # (B, max_seq) False at padding slots; None = no padding
     next_slot: int           # next cache slot to write (shared by all rows)
+    cache: Cache | None = None  # this generation's KV cache (backbone/cache.py)
     static: bool = False     # static cache: masks span all max_seq slots
     step: int = 0            # tokens decoded since the prefill
     skip: LayerSkip | None = None  # early exit / FFN skipping (backbone/skip.py)
     max_new: int = 0         # the generation budget (the early-exit schedule spans it)
+
+
+@dataclass
+class Prompt:
+    """What the loop prefills. ids, attention_mask: (B, P) (1 = real token, left padding = 0).
+    ``embeds`` (B, P, D) + ``embed_mask`` (B, P): continuous inputs at the masked positions.
+    ``block_ids`` (B, P) or (P,): the prompt's attention pattern as block ids (backbone/masks.py).
+    ``max_seq``: cache slots to allocate; ``static``: fixed-shape cache for a compiled step."""
+    ids: Tensor
+    attention_mask: Tensor | None = None
+    max_seq: int = 0
+    embeds: Tensor | None = None
+    embed_mask: Tensor | None = None
+    block_ids: Tensor | None = None
+    static: bool = False
+
+
+@dataclass
+class Step:
+    """One step of a schedule: ``model.heads[head].sample(h, **opts)``. h (M, D) or (M, n, D)."""
+    head: str
+    h: Tensor
+    opts: dict = field(default_factory=dict)
+
+
+@dataclass
+class Feed:
+    """How the backbone advances after a step (exactly one of ids / embeds / prompt).
+
+    ids (B, n) or embeds (B, n, D): the next n positions; n > 1 is a block that sees itself
+    bidirectionally (an image block, a scale, a cell). ``commit=False`` leaves the state where
+    it was, so the next feed rewrites the same slots (a masked order refining its block).
+    ``mask`` (B|1, 1, 1, S): replaces a one-token step's mask (RALL-E's duration-guided window).
+    ``prompt``: start over from a fresh cache (a sliding window, a full non-causal pass)."""
+    ids: Tensor | None = None
+    embeds: Tensor | None = None
+    commit: bool = True
+    mask: Tensor | None = None
+    prompt: Prompt | None = None
+
+
+class Schedule:
+    """The per-task part of generation. Subclasses implement:
+
+    * ``prompt() -> Prompt``: what to prefill;
+    * ``next(h) -> Step | None``: given the hidden states of the positions just run, (B, n, D),
+      the active head and what it conditions on; None = finished;
+    * ``feed(sample) -> Feed | None``: the modality's turn of a sample into the next inputs
+      (also where outputs are collected); None = finished after this sample.
+    * ``result()``: the finished output (images, audio codes, ...).
+    """
+    step_fn = None  # optional replacement of ``decode_step`` (a compiled step)
+    skip: LayerSkip | None = None
+    max_new: int = 0
+
+    def prompt(self) -> Prompt:
+        raise NotImplementedError
+
+    def next(self, h: Tensor) -> Step | None:
+        raise NotImplementedError
+
+    def feed(self, sample: Any) -> Feed | None:
+        raise NotImplementedError
+
+    def result(self):
+        return None
+
+
+class Generation:
+    """One request's generation: a schedule plus its own DecodeState (KV cache, positions).
+    The model object holds only weights, so several Generations on one model can be stepped in
+    any interleaving, each giving what it gives alone.
+
+        gen = Generation(model, schedule)
+        while (x := gen.step()) is not None: ...      # or: for x in run(model, schedule)
+    """
+
+    def __init__(self, model, schedule: Schedule):
+        self.model, self.schedule = model, schedule
+        self.state: DecodeState | None = None
+        self.h: Tensor | None = None
+        self.pending: Feed | None = None
+        self.done = False
+
+    @torch.no_grad()
+    def step(self):
+        """Advance by one schedule step -> the head's sample, or None once finished.
+        A feed is applied lazily, at the start of the next step, so no forward pass is spent
+        after the last sample."""
+        if self.done:
+            return None
+        if self.state is None:                                                  # 0. prefill
+            self.h, self.state = prefill_prompt(self.model, self.schedule.prompt())
+            self.state.skip, self.state.max_new = self.schedule.skip, self.schedule.max_new
+        elif self.pending is not None:                                          # 4. advance
+            self.h = advance(self.model, self.state, self.pending, self.schedule.step_fn)
+            self.pending = None
+        step = self.schedule.next(self.h)                                       # 1. which head
+        if step is None:
+            self.done = True
+            return None
+        x = self.model.heads[step.head].sample(step.h, **step.opts)             # 2. it samples
+        self.pending = self.schedule.feed(x)                                    # 3. next inputs
+        if self.pending is None:
+            self.done = True
+        return x
+
+
+def run(model, schedule: Schedule) -> Iterator:
+    """The one generation loop: yields each step's sample until the schedule finishes."""
+    gen = Generation(model, schedule)
+    while (x := gen.step()) is not None:
+        yield x
+
+
+def run_to_end(model, schedule: Schedule):
+    """Run a schedule to the end -> ``schedule.result()``."""
+    for _ in run(model, schedule):
+        pass
+    return schedule.result()
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
@@ -44,78 +181,82 @@ def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]
 
 
 @torch.no_grad()
-def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
-            static: bool = False, embeds: Tensor | None = None,
-            embed_mask: Tensor | None = None, block_ids: Tensor | None = None) -> tuple[Tensor, DecodeState]:
-    """Run the prompt through the backbone, filling the cache.
-
-    input_ids, attention_mask: (B, P). ``embeds`` (B, P, D) + ``embed_mask`` (B, P): continuous
-    inputs (image patches) at the masked positions of a mixed prompt. ``block_ids`` (B, P) or
-    (P,): the prompt's attention pattern as non-decreasing block ids (backbone/masks.py), e.g.
-    an image block seen bidirectionally by a masked-order model; default causal.
-    Returns the last hidden state (B, D) and the DecodeState.
-    """
-    B, P = input_ids.shape
-    dev = input_ids.device
+def prefill_prompt(model, p: Prompt) -> tuple[Tensor, DecodeState]:
+    """Run a Prompt through the backbone into a fresh cache -> (h (B, P, D), DecodeState)."""
+    B, P = p.ids.shape
+    dev = p.ids.device
     bb = model.backbone
-    bb.setup_cache(B, max_seq, device=dev, static=static)
-    padded = bool((attention_mask == 0).any())
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)                  # (B, P)
+    am = torch.ones_like(p.ids) if p.attention_mask is None else p.attention_mask
+    cache = bb.new_cache(B, p.max_seq or P, device=dev, static=p.static)
+    max_seq = cache.max_seq
+    padded = bool((am == 0).any())
+    positions = (am.cumsum(-1) - 1).clamp(min=0)                                # (B, P)
     input_pos = torch.arange(P, device=dev)
     key_valid, mask = None, None
     bidirectional = model.args.prefix_lm  # non-causal decoder: the prompt is the prefix
     if padded:
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
-        key_valid[:, :P] = attention_mask.bool()
-    if padded or static or bidirectional or block_ids is not None:
-        S = max_seq if static else P
+        key_valid[:, :P] = am.bool()
+    if padded or p.static or bidirectional or p.block_ids is not None:
+        S = max_seq if p.static else P
         block_q, block_k = input_pos, torch.arange(S, device=dev)
-        if block_ids is not None:  # (static) unwritten slots get ids above every prompt id
-            block_q = block_ids.to(dev)
+        if p.block_ids is not None:  # (static) unwritten slots get ids above every prompt id
+            block_q = p.block_ids.to(dev)
             block_k = torch.cat([block_q, (block_k[P:] + int(block_q.max()) + 1).expand(*block_q.shape[:-1], -1)], -1)
         elif bidirectional:  # every prompt slot is block 0; (static) unwritten slots stay hidden
             block_q, block_k = torch.zeros_like(input_pos), (block_k >= P).long()
         mask = build_mask(block_q, block_k, None if key_valid is None else key_valid[:, :S], input_pos)  # (B, 1, P, S)
-    h = bb(input_ids=input_ids, embeds=embeds, embed_mask=embed_mask, positions=positions, mask=mask,
-           input_pos=input_pos)  # (B, P, D)
-    state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P, static=static)
+    h = bb(input_ids=p.ids, embeds=p.embeds, embed_mask=p.embed_mask, positions=positions, mask=mask,
+           input_pos=input_pos, cache=cache)  # (B, P, D)
+    state = DecodeState(positions=positions[:, -1] + 1, key_valid=key_valid, next_slot=P, cache=cache,
+                        static=p.static)
+    return h, state
+
+
+@torch.no_grad()
+def prefill(model, input_ids: Tensor, attention_mask: Tensor, max_seq: int,
+            static: bool = False, embeds: Tensor | None = None,
+            embed_mask: Tensor | None = None, block_ids: Tensor | None = None) -> tuple[Tensor, DecodeState]:
+    """``prefill_prompt`` with the prompt's parts as arguments -> (last hidden state (B, D), state)."""
+    h, state = prefill_prompt(model, Prompt(input_ids, attention_mask, max_seq, embeds, embed_mask, block_ids, static))
     return h[:, -1], state
 
 
-def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor | None, **layer_kw) -> Tensor:
+def decode_step(bb, token: Tensor, positions: Tensor, slot: Tensor, mask: Tensor | None, cache: Cache,
+                **layer_kw) -> Tensor:
     """One backbone step over the cache: token, positions (B,), slot (1,) -> h (B, D).
     Pure tensor code with fixed shapes under a static cache: this is what ``torch.compile`` traces."""
-    return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot, **layer_kw)[:, -1]
+    return bb(input_ids=token[:, None], positions=positions[:, None], mask=mask, input_pos=slot, cache=cache,
+              **layer_kw)[:, -1]
 
 
-def _step_mask(bb, state: DecodeState, slot: Tensor) -> Tensor | None:
+def _step_mask(state: DecodeState, slot: Tensor) -> Tensor | None:
     """The mask of one decoding step: (B|1, 1, 1, S) written slots up to this one, minus padding."""
     if state.static:
-        cache = bb.layers[0].attn.kv_cache
-        mask = (torch.arange(cache.max_seq, device=slot.device) <= slot)[None, None, None, :]
+        mask = (torch.arange(state.cache.max_seq, device=slot.device) <= slot)[None, None, None, :]
         return mask & state.key_valid[:, None, None, :] if state.key_valid is not None else mask
     if state.key_valid is not None:
         return state.key_valid[:, None, None, :state.next_slot + 1]           # (B, 1, 1, S)
     return None
 
 
-def _advance(state: DecodeState):
-    state.positions = state.positions + 1
-    state.next_slot += 1
-    state.step += 1
+def _advance(state: DecodeState, n: int = 1):
+    state.positions = state.positions + n
+    state.next_slot += n
+    state.step += n
 
 
 @torch.no_grad()
-def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=decode_step,
+def decode_one_token(model, token: Tensor, state: DecodeState, step_fn=None,
                      mask: Tensor | None = None) -> Tensor:
     """Advance one step. token (B,) -> last hidden state (B, D); updates ``state`` in place.
     ``mask`` (B|1, 1, 1, S) bool replaces the step's default mask over the S = next_slot + 1
     written slots (RALL-E's duration-guided window, modalities/speech.py)."""
     bb = model.backbone
     slot = torch.tensor([state.next_slot], device=token.device)
-    mask = _step_mask(bb, state, slot) if mask is None else mask
+    mask = _step_mask(state, slot) if mask is None else mask
     kw = {} if state.skip is None else state.skip.step_kwargs(state.step, len(bb.layers), state.max_new)
-    h = step_fn(bb, token, state.positions, slot, mask, **kw)
+    h = (step_fn or decode_step)(bb, token, state.positions, slot, mask, state.cache, **kw)
     _advance(state)
     return h
 
@@ -126,35 +267,54 @@ def decode_one_embedding(model, embed: Tensor, state: DecodeState) -> Tensor:
     adapter) instead of a token: embed (B, D) -> last hidden state (B, D)."""
     bb = model.backbone
     slot = torch.tensor([state.next_slot], device=embed.device)
-    h = bb(embeds=embed[:, None], positions=state.positions[:, None], mask=_step_mask(bb, state, slot),
-           input_pos=slot)[:, -1]
+    h = bb(embeds=embed[:, None], positions=state.positions[:, None], mask=_step_mask(state, slot),
+           input_pos=slot, cache=state.cache)[:, -1]
     _advance(state)
     return h
 
 
 @torch.no_grad()
-def decode_block(model, embeds: Tensor, state: DecodeState, commit: bool = False) -> Tensor:
-    """Run a block of continuous inputs at the next N cache slots: the block sees everything
-    before it and itself bidirectionally (MAR's masked image block). embeds (B, N, D) -> h (B, N, D).
+def decode_block(model, embeds: Tensor, state: DecodeState, commit: bool = False,
+                 ids: Tensor | None = None) -> Tensor:
+    """Run a block of N inputs at the next N cache slots: the block sees everything before it
+    and itself bidirectionally (MAR's masked image block, a scale, a cell).
+    embeds (B, N, D) (or ids (B, N) with embeds None) -> h (B, N, D).
 
     The state only advances with ``commit=True``: calling again rewrites the same slots, which is
     how a masked order refines its block over several passes before committing the final one."""
     bb = model.backbone
-    B, N, _ = embeds.shape
-    slots = torch.arange(state.next_slot, state.next_slot + N, device=embeds.device)        # (N,)
-    S = bb.layers[0].attn.kv_cache.max_seq if state.static else state.next_slot + N
-    if state.next_slot + N > bb.layers[0].attn.kv_cache.max_seq:
+    x = embeds if embeds is not None else ids
+    B, N = x.shape[:2]
+    max_seq = state.cache.max_seq
+    slots = torch.arange(state.next_slot, state.next_slot + N, device=x.device)        # (N,)
+    S = max_seq if state.static else state.next_slot + N
+    if state.next_slot + N > max_seq:
         raise ValueError(f"a block of {N} does not fit the cache after slot {state.next_slot}")
-    keys = (torch.arange(S, device=embeds.device) < state.next_slot + N)[None, :]               # (1, S)
+    keys = (torch.arange(S, device=x.device) < state.next_slot + N)[None, :]               # (1, S)
     if state.key_valid is not None:
         keys = keys & state.key_valid[:, :S]
-    positions = state.positions[:, None] + torch.arange(N, device=embeds.device)             # (B, N)
-    h = bb(embeds=embeds, positions=positions, mask=keys[:, None, None, :], input_pos=slots)
+    positions = state.positions[:, None] + torch.arange(N, device=x.device)             # (B, N)
+    h = bb(input_ids=ids if embeds is None else None, embeds=embeds, positions=positions,
+           mask=keys[:, None, None, :], input_pos=slots, cache=state.cache)
     if commit:
-        state.positions = state.positions + N
-        state.next_slot += N
-        state.step += N
+        _advance(state, N)
     return h
+
+
+@torch.no_grad()
+def advance(model, state: DecodeState, feed: Feed, step_fn=None) -> Tensor:
+    """Apply a Feed to a generation's state -> hidden states of the positions run (B, n, D)."""
+    if feed.prompt is not None:  # start over: a fresh cache (the old one is dropped with the state)
+        h, new = prefill_prompt(model, feed.prompt)
+        new.skip, new.max_new, new.step = state.skip, state.max_new, state.step
+        state.__dict__.update(new.__dict__)
+        return h
+    x = feed.ids if feed.ids is not None else feed.embeds
+    if x.shape[1] > 1 or not feed.commit:
+        return decode_block(model, feed.embeds, state, commit=feed.commit, ids=feed.ids)
+    if feed.ids is not None:
+        return decode_one_token(model, feed.ids[:, 0], state, step_fn, feed.mask)[:, None]
+    return decode_one_embedding(model, feed.embeds[:, 0], state)[:, None]
 
 
 def compiled_decode_step(model):
@@ -170,16 +330,79 @@ def compiled_decode_step(model):
 @torch.no_grad()
 def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams, n: int,
                     head: str = "lm", generator: torch.Generator | None = None,
-                    seen: Tensor | None = None, step_fn=decode_step) -> Iterator[Tensor]:
+                    seen: Tensor | None = None, step_fn=None) -> Iterator[Tensor]:
     """Sample from ``h`` (B, D), feed the token back, repeat n times. Yields (B,) tokens."""
     lm = model.heads[head]
     for i in range(n):
-        tok = lm.sample(h, params, generator, seen)                             # (B,)
+        tok = lm.sample(h, params=params, generator=generator, seen=seen)       # (B,)
         if seen is not None:
             seen[torch.arange(tok.shape[0]), tok] = True
         yield tok
         if i + 1 < n:
             h = decode_one_token(model, tok, state, step_fn)
+
+
+class TextSchedule(Schedule):
+    """Token-by-token sampling from one LM head (text, CIF, Chronos bins): stop tokens per row,
+    a repetition penalty over what each row has seen, and nanoGPT's sliding window past the
+    context (each next token is predicted from the last ``block_size`` tokens, re-encoded once the
+    cache is full). Samples are (B,) token tensors; rows that stopped give ``-1`` from then on."""
+
+    def __init__(self, model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
+                 pad_id: int = 0, device=None, compile: bool = False, skip: LayerSkip | None = None):
+        self.head, self.pad_id, self.compile, self.skip = head, pad_id, compile, skip
+        self.device = device or next(model.parameters()).device
+        ids, am = left_pad(prompts, pad_id)
+        self.ids, self.am = ids.to(self.device), am.to(self.device)
+        P, self.block, self.max_new = ids.shape[1], model.args.block_size, params.max_new_tokens
+        if P > self.block:
+            raise ValueError(f"prompt is {P} tokens but the model's context is {self.block}; shorten the prompt")
+        self.cache_len = self.block if compile else min(self.block, P + self.max_new)
+        # the token history is kept only if the window must slide
+        self.history = [list(p) for p in prompts] if P + self.max_new > self.block else None
+        self.generator = None
+        if params.seed is not None:
+            self.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.seen = None
+        if params.repetition_penalty != 1.0:
+            B = ids.shape[0]
+            self.seen = torch.zeros(B, model.heads[head].vocab_size, dtype=torch.bool, device=self.device)
+            # mark only real prompt tokens; a scatter of am (False at padding) would race with the
+            # True writes when pad_id also occurs in a prompt (duplicate-index order is undefined)
+            real = self.am.bool()
+            rows = torch.arange(B, device=self.device)[:, None].expand_as(self.ids)
+            self.seen[rows[real], self.ids[real]] = True
+        self.params = params
+        self.stop = torch.as_tensor(params.stop_tokens or [-2], device=self.device)
+        self.done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        self.step_fn = compiled_decode_step(model) if compile else None
+        self.produced, self.slot = 0, 0
+        self.out: Tensor | None = None
+
+    def prompt(self) -> Prompt:
+        self.slot = self.ids.shape[1]
+        return Prompt(self.ids, self.am, self.cache_len, static=self.compile)
+
+    def next(self, h: Tensor) -> Step | None:
+        return Step(self.head, h[:, -1], {"params": self.params, "generator": self.generator, "seen": self.seen})
+
+    def feed(self, tok: Tensor) -> Feed | None:
+        if self.seen is not None:
+            self.seen[torch.arange(tok.shape[0]), tok] = True
+        self.out = torch.where(self.done, torch.full_like(tok, -1), tok)        # what the caller sees
+        self.done |= torch.isin(tok, self.stop)
+        self.produced += 1
+        if self.history is not None:
+            for row, t in zip(self.history, tok.tolist()):
+                row.append(t)
+        if self.produced >= self.max_new or bool(self.done.all()):
+            return None
+        if self.slot >= self.cache_len:  # context full: re-encode the last block_size tokens of every row
+            ids, am = left_pad([row[-self.block:] for row in self.history], self.pad_id)
+            self.slot = ids.shape[1]
+            return Feed(prompt=Prompt(ids.to(self.device), am.to(self.device), self.cache_len, static=self.compile))
+        self.slot += 1
+        return Feed(ids=tok[:, None])
 
 
 @torch.no_grad()
@@ -190,8 +413,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
 
     Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
     ``params.max_new_tokens``. Raises ValueError for a prompt longer than the context.
-    Past the context, the window slides as in nanoGPT: each next token is predicted from the
-    last ``block_size`` tokens (re-encoded once the cache is full).
+    Past the context, the window slides as in nanoGPT (TextSchedule).
     ``compile=True`` decodes with a static cache of block_size slots and a ``torch.compile``d
     step (same tokens; pays a one-off compile per batch size, then runs faster).
 
@@ -222,47 +444,6 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
         if compile:
             raise ValueError("layer skipping changes the graph every step; it does not combine with compile")
         skip.validate(model.args.n_layer).reset()
-    device = device or next(model.parameters()).device
-    ids, am = left_pad(prompts, pad_id)
-    ids, am = ids.to(device), am.to(device)
-    P, block, n = ids.shape[1], model.args.block_size, params.max_new_tokens
-    if P > block:
-        raise ValueError(f"prompt is {P} tokens but the model's context is {block}; shorten the prompt")
-    cache_len = block if compile else min(block, P + n)
-    history = [list(p) for p in prompts] if P + n > block else None  # only kept if the window must slide
-    gen = None
-    if params.seed is not None:
-        gen = torch.Generator(device=device).manual_seed(params.seed)
-    seen = None
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(ids.shape[0], model.heads[head].vocab_size, dtype=torch.bool, device=device)
-        # mark only real prompt tokens; a scatter of am (False at padding) would race with the
-        # True writes when pad_id also occurs in a prompt (duplicate-index order is undefined)
-        real = am.bool()
-        rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(ids)
-        seen[rows[real], ids[real]] = True
-    stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=device)
-    step_fn = compiled_decode_step(model) if compile else decode_step
-    produced = 0
-    try:
-        h, state = prefill(model, ids, am, cache_len, static=compile)
-        state.skip, state.max_new = skip, n
-        while produced < n:
-            chunk = min(n - produced, cache_len - state.next_slot + 1)  # samples before the cache is full
-            for tok in decode_n_tokens(model, h, state, params, chunk, head, gen, seen, step_fn):
-                out = torch.where(done, torch.full_like(tok, -1), tok)
-                done |= torch.isin(tok, stop)
-                produced += 1
-                if history is not None:
-                    for row, t in zip(history, tok.tolist()):
-                        row.append(t)
-                yield out
-                if bool(done.all()):
-                    return
-            if produced < n:  # context full: re-encode the last block_size tokens of every row
-                ids, am = left_pad([row[-block:] for row in history], pad_id)
-                h, state = prefill(model, ids.to(device), am.to(device), cache_len, static=compile)
-                state.skip, state.max_new, state.step = skip, n, produced
-    finally:
-        model.backbone.clear_cache()
+    schedule = TextSchedule(model, prompts, params, head, pad_id, device, compile, skip)
+    for _ in run(model, schedule):
+        yield schedule.out

@@ -68,10 +68,11 @@ def set_prefill(model, prefix: list[int], options: list[list[int]], suffix: list
     dev = next(model.parameters()).device
     ids, pos, mask = ids.to(dev), pos.to(dev), mask.to(dev)
     bb = model.backbone
-    bb.setup_cache(1, max_seq, device=dev)
+    cache = bb.new_cache(1, max_seq, device=dev)
     h = bb(input_ids=ids[None], positions=pos[None], mask=mask,
-           input_pos=torch.arange(T, device=dev))                                   # (1, T, D)
-    return h[:, -1], DecodeState(positions=torch.tensor([next_pos], device=dev), key_valid=None, next_slot=T)
+           input_pos=torch.arange(T, device=dev), cache=cache)                      # (1, T, D)
+    return h[:, -1], DecodeState(positions=torch.tensor([next_pos], device=dev), key_valid=None, next_slot=T,
+                                 cache=cache)
 
 
 @torch.no_grad()
@@ -83,7 +84,7 @@ def set_logits(model, prefix: list[int], options: list[list[int]], suffix: list[
         h, _ = set_prefill(model, prefix, options, suffix, max_seq=T)
         return model.heads[head](h)[0]
     finally:
-        model.backbone.clear_cache()
+        pass
 
 
 @torch.no_grad()
@@ -116,5 +117,5 @@ def generate_set(model, prefix: list[int], options: list[list[int]], suffix: lis
             if out[-1] in stop:
                 break
     finally:
-        model.backbone.clear_cache()
+        pass
     return out

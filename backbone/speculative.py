@@ -88,9 +88,10 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
         # 1. prefill all but the last column: the last prompt token is "pending", fed with the drafts
         hidden = None
         if P > 1:
-            hidden, _ = prefill(model, ids[:, :-1], am[:, :-1], max_seq, static=compile)
+            hidden, state = prefill(model, ids[:, :-1], am[:, :-1], max_seq, static=compile)
+            cache = state.cache
         else:
-            bb.setup_cache(B, max_seq, device=device, static=compile)
+            cache = bb.new_cache(B, max_seq, device=device, static=compile)
         slots = torch.full((B,), P - 1, dtype=torch.long, device=device)  # each row's pending slot
         positions = am[:, :-1].sum(1)                                      # its position id
         drafter.reset(B, max_seq, device)
@@ -112,7 +113,7 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
                 S = max_seq if compile else int(q_slots.max()) + 1
                 mask = build_mask(q_slots, ar[:S], None if key_valid is None else key_valid[:, :S])
                 x = torch.cat([seq.gather(1, slots[:, None]), d.tokens], 1)            # (B, 1+g)
-                h, logits = verify(bb, lm, x, positions[:, None] + ar[:1 + g], q_slots, mask)
+                h, logits = verify(bb, lm, x, positions[:, None] + ar[:1 + g], q_slots, mask, cache)
                 # 4. per row: accepted prefix length k and the model's own token at k
                 out, k = accept(logits, d, params, gen, rollback)                     # (B, 1+g), (B,)
                 hidden = h[torch.arange(B, device=device), k]       # the state that predicted the new pending token
@@ -148,13 +149,12 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
             if all(finished):
                 return
     finally:
-        bb.clear_cache()
         drafter.close()
 
 
-def verify_step(bb, lm, x: Tensor, positions: Tensor, q_slots: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+def verify_step(bb, lm, x: Tensor, positions: Tensor, q_slots: Tensor, mask: Tensor, cache) -> tuple[Tensor, Tensor]:
     """x, positions, q_slots (B, 1+g) -> hidden states (B, 1+g, D) and logits (B, 1+g, V)."""
-    h = bb(input_ids=x, positions=positions, mask=mask, input_pos=q_slots)
+    h = bb(input_ids=x, positions=positions, mask=mask, input_pos=q_slots, cache=cache)
     return h, lm(h)
 
 

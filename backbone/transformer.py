@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .cache import KVCache
+from .cache import Cache, KVCache
 from .masks import MaskSpec, build_mask
 
 
@@ -152,13 +152,13 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(args.dim, (args.n_head + 2 * args.n_kv_head) * args.head_dim, bias=args.qkv_bias)
         self.wo = nn.Linear(args.n_head * args.head_dim, args.dim, bias=args.out_bias)
         self.dropout = args.dropout
-        self.kv_cache: KVCache | None = None
         if args.qkv_conv:  # Primer: one 1-D kernel per channel of q, k and v; starts as identity
             taps = torch.zeros(args.qkv_conv, (args.n_head + 2 * args.n_kv_head) * args.head_dim)
             taps[0] = 1.0
             self.conv = nn.Parameter(taps)  # (K, C): tap j multiplies the projection of token t-j
 
-    def causal_conv(self, u: Tensor, positions: Tensor, input_pos: Tensor | None) -> Tensor:
+    def causal_conv(self, u: Tensor, positions: Tensor, input_pos: Tensor | None,
+                    kv_cache: KVCache | None = None) -> Tensor:
         """Primer's depthwise convolution over time, causal. u (B, T, C) -> (B, T, C).
 
         Tap j reads token t-j only when position[t] >= j, so it never crosses a window start,
@@ -167,8 +167,8 @@ class Attention(nn.Module):
         full forward pass."""
         K, T = self.conv.shape[0], u.shape[1]
         pos = positions if positions.dim() == 2 else positions.unsqueeze(0)            # (B|1, T)
-        if self.kv_cache is not None and input_pos is not None:
-            raw = self.kv_cache.update_raw(input_pos, u)                               # (B, S, C)
+        if kv_cache is not None:
+            raw = kv_cache.update_raw(input_pos, u)                               # (B, S, C)
             slots = input_pos if input_pos.dim() == 2 else input_pos.unsqueeze(0).expand(u.shape[0], -1)
             taps = [raw.gather(1, (slots - j).clamp(min=0)[..., None].expand(-1, -1, u.shape[2]))
                     for j in range(K)]                                                 # K x (B, T, C)
@@ -181,18 +181,19 @@ class Attention(nn.Module):
         return y
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, mask: Tensor | None,
-                input_pos: Tensor | None, positions: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None, positions: Tensor | None = None,
+                kv_cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         qkv = self.wqkv(x)                                                              # (B, T, C)
         if hasattr(self, "conv"):
-            qkv = self.causal_conv(qkv, positions, input_pos)
+            qkv = self.causal_conv(qkv, positions, input_pos, kv_cache)
         qkv = qkv.view(B, T, self.n_head + 2 * self.n_kv_head, self.head_dim).transpose(1, 2)
         qk, v = qkv.split([self.n_head + self.n_kv_head, self.n_kv_head], dim=1)  # (B, nh+nkv, T, hs), (B, nkv, T, hs)
         if rope is not None:
             qk = apply_rope(qk, *rope)  # q and k rotated in one go
         q, k = qk.split([self.n_head, self.n_kv_head], dim=1)                  # (B, nh, T, hs), (B, nkv, T, hs)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)                 # (B, nkv, S, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.update(input_pos, k, v)                 # (B, nkv, S, hs)
         is_causal = mask is None and T > 1  # with a cache this is a prefill from slot 0: Tq == Tk
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
                                            dropout_p=self.dropout if self.training else 0.0,
@@ -235,8 +236,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(args.dropout)
 
     def forward(self, x, rope, mask, input_pos, skip_mlp: bool = False, sims: list | None = None,
-                positions: Tensor | None = None):
-        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos, positions))
+                positions: Tensor | None = None, kv_cache: KVCache | None = None):
+        x = x + self.drop(self.attn(self.attn_norm(x), rope, mask, input_pos, positions, kv_cache))
         if skip_mlp:  # FFN-SkipLLM: attention (and so the KV cache) always runs; only the FFN is skipped
             return x
         y = x + self.drop(self.mlp(self.mlp_norm(x)))
@@ -269,26 +270,17 @@ class Transformer(nn.Module):
             nn.init.zeros_(m.bias)
 
     # ---- KV cache -------------------------------------------------------------------------
-    def setup_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None, device=None,
-                    static: bool = False):
-        """Allocate a KVCache of (max_batch, n_kv_head, max_seq, head_dim) in every layer.
+    def new_cache(self, max_batch: int, max_seq: int, dtype: torch.dtype | None = None, device=None,
+                  static: bool = False) -> Cache:
+        """A fresh per-generation Cache of (max_batch, n_kv_head, max_seq, head_dim) buffers per layer.
         ``static``: attention always spans all max_seq slots (for a compiled decode step)."""
         if max_seq > self.args.block_size and self.args.pos == "learned":
             raise ValueError(f"max_seq={max_seq} exceeds block_size={self.args.block_size}")
         p = self.tok_embeddings.weight
         a = self.args
         raw_dim = (a.n_head + 2 * a.n_kv_head) * a.head_dim if a.qkv_conv else 0  # Primer's conv input
-        for layer in self.layers:
-            layer.attn.kv_cache = KVCache(max_batch, a.n_kv_head, max_seq, a.head_dim,
-                                          dtype or p.dtype, device or p.device, static, raw_dim)
-
-    def clear_cache(self):
-        for layer in self.layers:
-            layer.attn.kv_cache = None
-
-    @property
-    def has_cache(self) -> bool:
-        return self.layers[0].attn.kv_cache is not None
+        return Cache([KVCache(max_batch, a.n_kv_head, max_seq, a.head_dim, dtype or p.dtype, device or p.device,
+                              static, raw_dim) for _ in self.layers])
 
     # ---- forward --------------------------------------------------------------------------
     def embed(self, input_ids: Tensor) -> Tensor:
@@ -299,7 +291,7 @@ class Transformer(nn.Module):
                 embed_mask: Tensor | None = None, positions: Tensor | None = None,
                 mask: MaskSpec | Tensor | None = None, input_pos: Tensor | None = None,
                 n_layers: int | None = None, skip_mlp: frozenset = frozenset(),
-                mlp_sims: list | None = None) -> Tensor:
+                mlp_sims: list | None = None, cache: Cache | None = None) -> Tensor:
         """Run the backbone and return the final (normed) hidden states.
 
         Args:
@@ -311,8 +303,9 @@ class Transformer(nn.Module):
                 Default: ``input_pos`` when decoding with the cache, else 0..T-1.
             mask: a MaskSpec (causal / prefix / block ids / padding) or a ready-made
                 (B, 1, T, S) bool mask. None = causal.
-            input_pos: (T,) cache slots to write (with a cache set up by ``setup_cache``), or
-                (B, T) per-row slots (then pass ``mask`` too).
+            input_pos: (T,) cache slots to write in ``cache``, or (B, T) per-row slots (then pass
+                ``mask`` too).
+            cache: the generation's KV cache (``new_cache``), or None for a plain forward pass.
             n_layers: run only the first n layers, then the final norm (early exit, SkipDecode).
             skip_mlp: indices of layers whose FFN is skipped (FFN-SkipLLM).
             mlp_sims: a list that receives, per layer run, cos(FFN input, output) as (B, T).
@@ -330,8 +323,8 @@ class Transformer(nn.Module):
         else:
             raise ValueError("give input_ids or embeds")
         B, T, _ = x.shape
-        if self.has_cache and input_pos is None:
-            raise ValueError("the KV cache is set up: pass input_pos (the cache slots to write)")
+        if cache is not None and input_pos is None:
+            raise ValueError("with a KV cache, pass input_pos (the cache slots to write)")
         if positions is None:
             positions = input_pos if input_pos is not None else torch.arange(T, device=x.device)
         if ((input_pos is None or T > 1) and not torch.compiler.is_compiling()  # (a data-dependent check)
@@ -339,7 +332,6 @@ class Transformer(nn.Module):
             raise ValueError(f"position {int(positions.max())} exceeds block_size={self.args.block_size}")
         if isinstance(mask, MaskSpec):
             mask = mask.build(T, x.device)
-        cache = self.layers[0].attn.kv_cache if input_pos is not None else None
         if mask is None and input_pos is not None and input_pos.dim() == 2:
             raise ValueError("per-row cache slots (input_pos of shape (B, T)) need an explicit mask")
         if mask is None and cache is not None and cache.static:
@@ -362,7 +354,8 @@ class Transformer(nn.Module):
             rope = (emb.cos().to(x.dtype).unsqueeze(1), emb.sin().to(x.dtype).unsqueeze(1))  # (B, 1, T, hs)
         x = self.drop(x)
         for i, layer in enumerate(self.layers if n_layers is None else self.layers[:n_layers]):
-            x = layer(x, rope, mask, input_pos, i in skip_mlp, mlp_sims, positions=positions)
+            x = layer(x, rope, mask, input_pos, i in skip_mlp, mlp_sims, positions=positions,
+                      kv_cache=None if cache is None else cache.layers[i])
         return self.norm(x)
 
     def num_params(self, non_embedding: bool = True) -> int:

@@ -317,9 +317,9 @@ class Forecaster:
             x = torch.cat([x, tf[:, :T]], -1)
         x = x.to(dev)
         bb, head, embed = self.model.backbone, self.model.heads["forecast"], self.model.adapters["segment"]
-        bb.setup_cache(x.shape[0], T + steps, device=dev)
+        cache = bb.new_cache(x.shape[0], T + steps, device=dev)
         try:
-            h = bb(embeds=embed(x), input_pos=torch.arange(T, device=dev))[:, -1]             # (B, D)
+            h = bb(embeds=embed(x), input_pos=torch.arange(T, device=dev), cache=cache)[:, -1]             # (B, D)
             preds = []
             for k in range(steps):
                 q = head(h)                                                                 # (B, S, Q)
@@ -329,9 +329,9 @@ class Forecaster:
                     nxt = torch.cat([med, torch.ones_like(med)], -1)[:, None]               # (B, 1, 2S)
                     if self.time_encoder is not None:
                         nxt = torch.cat([nxt, tf[:, T + k:T + k + 1].to(dev)], -1)
-                    h = bb(embeds=embed(nxt), input_pos=torch.tensor([T + k], device=dev))[:, -1]
+                    h = bb(embeds=embed(nxt), input_pos=torch.tensor([T + k], device=dev), cache=cache)[:, -1]
         finally:
-            bb.clear_cache()
+            pass
         y = torch.cat(preds, 1)[:, :horizon][..., qidx].double().cpu().numpy()              # (B, H, q)
         mean = np.array([m for m, _ in stats])[:, None, None]
         std = np.array([sd for _, sd in stats])[:, None, None]

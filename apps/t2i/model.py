@@ -157,7 +157,7 @@ class ImageModel:
                                          guided, lambda p: ramp(cfg_schedule, cfg, p), patch=self.tok.patch,
                                          **self.order_kw)
             finally:
-                self.model.backbone.clear_cache()
+                pass
             return self.tok.decode(x)
         if self.order == "mar":
             from apps.t2i.mar import sample_block
@@ -165,7 +165,7 @@ class ImageModel:
                 x = sample_block(self.model, state, B, N, passes, {"steps": steps, "temperature": temperature},
                                  gen, guided, lambda p: ramp(cfg_schedule, cfg, p), commit=False)
             finally:
-                self.model.backbone.clear_cache()
+                pass
             return self.tok.decode(x)
         out = []
         try:
@@ -177,7 +177,7 @@ class ImageModel:
                 if i + 1 < N:
                     h = decode_one_embedding(self.model, self._embed(x.repeat(1 + guided, 1), i), state)
         finally:
-            self.model.backbone.clear_cache()
+            pass
         return self.tok.decode(torch.stack(out, 1))
 
     @torch.no_grad()
@@ -230,7 +230,7 @@ class ImageModel:
                 segments.append(self.tok.decode(img)[0])
                 images += 1
         finally:
-            self.model.backbone.clear_cache()
+            pass
         if words:
             segments.append(self.vocab.decode(words))
         return segments
@@ -265,7 +265,7 @@ class ImageModel:
                 if bool(done.all()):
                     break
         finally:
-            self.model.backbone.clear_cache()
+            pass
         return [self.vocab.decode(w) for w in words]
 
 

@@ -68,7 +68,6 @@ def test_cached_block_pass_matches_the_training_forward():
         torch.testing.assert_close(hb[0], full[r, P:P + 64], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(decode_block(model, emb, state, commit=True), hb)   # rewriting is idempotent
         assert state.next_slot == P + 64
-    model.backbone.clear_cache()
 
 
 def _cfg_mar():
@@ -87,7 +86,6 @@ def test_prefill_block_ids_match_a_masked_forward():
         full = model.backbone(input_ids=ids, mask=build_mask(block, block))
         h, _ = prefill(model, ids, torch.ones_like(ids), 12, block_ids=block)
     torch.testing.assert_close(h, full[:, -1], atol=1e-5, rtol=1e-4)
-    model.backbone.clear_cache()
 
 
 def test_mar_model_generates_and_captions(mar_model):

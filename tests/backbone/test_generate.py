@@ -75,7 +75,6 @@ def test_prefill_and_decode_state(seed):
     assert state.positions.tolist() == [3, 1] and state.next_slot == 3
     decode_one_token(model, torch.tensor([5, 6]), state)
     assert state.positions.tolist() == [4, 2] and state.next_slot == 4
-    model.backbone.clear_cache()
 
 
 def test_left_pad_rejects_empty():
@@ -123,7 +122,6 @@ def test_past_the_context_the_window_slides_like_nanogpt(seed, pos):
     prompts = [[(7 * i) % V for i in range(60)], [5, 9, 2]]
     out = run(model, prompts, SamplingParams(temperature=0, max_new_tokens=30))
     assert out.shape == (2, 30)
-    assert not model.backbone.has_cache  # cleared afterwards
     for row, prompt in zip(out.tolist(), prompts):
         ids = list(prompt)
         with torch.no_grad():
@@ -138,7 +136,6 @@ def test_prompt_longer_than_context_raises(seed):
     next(generate(model, [[1] * 64], SamplingParams()))  # exactly the context is fine
     with pytest.raises(ValueError, match="context"):
         next(generate(model, [[1] * 65], SamplingParams()))
-    assert not model.backbone.has_cache
 
 
 @pytest.mark.parametrize("kw", [dict(temperature=-0.1), dict(temperature=math.nan), dict(top_p=0.0),
@@ -164,10 +161,7 @@ def _greedy_tokens(model, prompts, n, static=False, step_fn=None):
     from backbone.generate import decode_n_tokens, decode_step, left_pad, prefill
     ids, am = left_pad(prompts)
     h, state = prefill(model, ids, am, model.args.block_size if static else ids.shape[1] + n, static=static)
-    try:
-        toks = list(decode_n_tokens(model, h, state, SamplingParams(temperature=0), n, step_fn=step_fn or decode_step))
-    finally:
-        model.backbone.clear_cache()
+    toks = list(decode_n_tokens(model, h, state, SamplingParams(temperature=0), n, step_fn=step_fn or decode_step))
     return torch.stack(toks, 1)
 
 

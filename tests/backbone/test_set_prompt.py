@@ -39,7 +39,6 @@ def test_every_permutation_gives_same_output(model):
         opts = list(perm)
         assert generate_set(model, PREFIX, opts, SUFFIX, GREEDY) == ref_tok, opts
         torch.testing.assert_close(set_logits(model, PREFIX, opts, SUFFIX), ref_logits, atol=1e-5, rtol=0)
-    assert not model.backbone.has_cache
 
 
 def test_plain_concatenation_depends_on_order(model):
@@ -101,7 +100,6 @@ def test_cached_decoding_matches_full_forward(model, options, suffix):
 
 def test_decode_state_bookkeeping(model):
     h, state = set_prefill(model, PREFIX, OPTIONS, SUFFIX, max_seq=20)
-    model.backbone.clear_cache()
     assert h.shape == (1, model.args.dim)
     assert state.next_slot == 3 + 8 + 2 and state.positions.tolist() == [3 + 4 + 2]
 
@@ -128,4 +126,3 @@ def test_bad_input(model):
         set_logits(model, [], [[1] * 40, [2] * 40], [3])  # positions fit, but 80 tokens do not
     with pytest.raises(ValueError, match="run past"):
         generate_set(model, [1] * 50, [[2]], [], SamplingParams(temperature=0, max_new_tokens=block))
-    assert not model.backbone.has_cache

@@ -38,11 +38,10 @@ def test_incremental_decoding_matches_full(seed, cfg):
     ids = torch.randint(0, 50, (B, T))
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(B, T)
-        steps = [model(ids[:, :P], input_pos=torch.arange(P))]
+        cache = model.new_cache(B, T)
+        steps = [model(ids[:, :P], input_pos=torch.arange(P), cache=cache)]
         for t in range(P, T):
-            steps.append(model(ids[:, t:t + 1], input_pos=torch.tensor([t])))
-        model.clear_cache()
+            steps.append(model(ids[:, t:t + 1], input_pos=torch.tensor([t]), cache=cache))
     inc = torch.cat(steps, dim=1)
     assert inc.shape == full.shape == (B, T, model.args.dim)
     torch.testing.assert_close(inc, full, atol=ATOL, rtol=0)
@@ -55,20 +54,19 @@ def test_chunked_prefill_matches_full(seed, cfg):
     ids = torch.randint(0, 50, (B, T))
     with torch.no_grad():
         full = model(ids)
-        model.setup_cache(B, T)
-        a = model(ids[:, :4], input_pos=torch.arange(4))
-        b = model(ids[:, 4:], input_pos=torch.arange(4, T))
-        model.clear_cache()
+        cache = model.new_cache(B, T)
+        a = model(ids[:, :4], input_pos=torch.arange(4), cache=cache)
+        b = model(ids[:, 4:], input_pos=torch.arange(4, T), cache=cache)
     torch.testing.assert_close(torch.cat([a, b], 1), full, atol=ATOL, rtol=0)
 
 
 def test_cache_requires_input_pos(seed):
     model = make()
-    model.setup_cache(1, 8)
+    cache = model.new_cache(1, 8)
     with pytest.raises(ValueError, match="input_pos"):
-        model(torch.zeros(1, 3, dtype=torch.long))
-    model.clear_cache()
-    assert not model.has_cache
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+    assert not any(isinstance(b, torch.Tensor) and b.shape[-2:] == (8, model.args.head_dim)
+                   for b in model.buffers())  # the cache is the caller's, not the model's
 
 
 def test_incremental_is_not_trivially_equal(seed):
@@ -167,7 +165,7 @@ def test_position_beyond_block_size_raises(seed):
 def test_learned_cache_longer_than_context_raises(seed):
     model = make(**CONFIGS["learned_gpt2"])
     with pytest.raises(ValueError, match="block_size"):
-        model.setup_cache(1, model.args.block_size + 1)
+        model.new_cache(1, model.args.block_size + 1)
 
 
 @pytest.mark.parametrize("kw", [dict(n_head=4, n_kv_head=3), dict(norm="batchnorm"), dict(mlp="swish"),

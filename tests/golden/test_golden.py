@@ -18,6 +18,11 @@ AUDIO_TOL = 2e-3       # PCM16 is 3e-5 a step; a codec decoder of reordered sums
 
 
 def assert_same(name: str, got, want):
+    if CASES.get(name, ("", ""))[1] == "csv":  # forecasts: numbers within float noise (the BLAS
+        g, w = (np.loadtxt(x.splitlines(), delimiter=",", skiprows=1) for x in (got, want))  # thread split)
+        assert got.splitlines()[0] == want.splitlines()[0]
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6, err_msg=name)
+        return
     if isinstance(want, str):
         assert got == want, f"{name}: output changed"
         return
