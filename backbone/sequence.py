@@ -122,9 +122,11 @@ class Sequence:
                       self.block_ids, static)
 
 
-def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right") -> Sequence:
+def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_last: bool = False) -> Sequence:
     """Lay rows of segments out as one batch, padded on ``side`` ("right" for training, "left" for
-    prompts, so every row's last token sits in the last column). Returns a Sequence."""
+    prompts, so every row's last token sits in the last column). ``trim_last`` (right side): each
+    row's last token is only a target (an <eos>), never an input, as nanoGPT's x = s[:-1], y = s[1:].
+    Returns a Sequence."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every row needs at least one segment")
     if side not in ("left", "right"):
@@ -177,6 +179,18 @@ def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right") -> Seq
     for head, (sel, items) in sparse.items():
         order = torch.cat([k for k, _ in items]).argsort()                  # row-major, as h[select] reads
         targets[head] = (sel, torch.cat([t for _, t in items])[order])
+    if trim_last:
+        if side != "right":
+            raise ValueError("trim_last applies to right-padded (training) rows")
+        for b, L in enumerate(lengths):
+            ids[b, L - 1], am[b, L - 1], embed_mask[b, L - 1] = pad_id, 0, False
+            for _, bufs in adapters.values():
+                for buf, f in zip(bufs, next(iter(adapters.values()))[0]):
+                    buf[b, L - 1] = f
+        T -= 1
+        ids, am, blocks, embed_mask = ids[:, :T], am[:, :T], blocks[:, :T], embed_mask[:, :T]
+        adapters = {n: (f, [v[:, :T] for v in bufs]) for n, (f, bufs) in adapters.items()}
+        targets = {h: t[:, :T] if isinstance(t, Tensor) else (t[0][:, :T], t[1]) for h, t in targets.items()}
     positions = (am.cumsum(-1) - 1).clamp(min=0)
     return Sequence(ids, am, positions, embed_mask if adapters else None,
                     {n: tuple(v) for n, (_, v) in adapters.items()}, blocks if any_block else None, targets)

@@ -76,3 +76,9 @@ def test_left_padded_prompt(tiny_model):
 def test_bad_segments_are_refused(bad, match):
     with pytest.raises(ValueError, match=match):
         bad()
+
+
+def test_trim_last_makes_the_final_token_a_target_only():
+    seq = pack([[Segment([1, 2, 3], head="lm")], [Segment([4, 5], head="lm")]], trim_last=True)
+    assert seq.ids.tolist() == [[1, 2], [4, 0]] and seq.attention_mask.tolist() == [[1, 1], [1, 0]]
+    assert seq.targets["lm"].tolist() == [[2, 3], [5, IGNORE]]
