@@ -240,6 +240,32 @@ def save_trained(model: OmniModel, metrics: dict, out, tokenizer=None) -> Path:
     return model.save_pretrained(out, tokenizer)
 
 
+def run_recipe(cfg: dict, build, out=None, device: str = "cpu", resume: bool = False,
+               command: str | None = None) -> tuple:
+    """The one recipe runner that every task's ``run()`` goes through:
+    seed, build, record the command, train, save.
+
+    ``build(cfg, tcfg) -> (model, task, tokenizer)`` is the task's part: data, model and batches.
+    The model is written with ``save_pretrained(out, tokenizer)``; an OmniModel also records the
+    training command and its final metrics in ``meta``. Returns (model, final metrics)."""
+    tcfg = TrainConfig.from_dict(cfg["train"])
+    torch.manual_seed(tcfg.seed)
+    model, task, tokenizer = build(cfg, tcfg)
+    command = command or cli_command()
+    meta = model.config["meta"] if isinstance(model, OmniModel) else getattr(model, "meta", None)
+    if command and meta is not None:
+        meta["train_command"] = command
+    metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
+    if out:
+        if isinstance(model, OmniModel):
+            save_trained(model, metrics, out, tokenizer)
+        else:  # a model of its own class (the speech codec): its save_pretrained, the same meta
+            if meta is not None:
+                meta["final_metrics"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+            model.save_pretrained(out)
+    return model, metrics
+
+
 # ---- the loop ---------------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, task, device, bf16: bool) -> dict:

@@ -61,6 +61,12 @@ class LMHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, h: Tensor, params: SamplingParams | None = None,
-               generator: torch.Generator | None = None, seen: Tensor | None = None) -> Tensor:
-        """h (B, D) -> next token ids (B,). ``seen`` (B, V) bool for the repetition penalty."""
-        return sample_from_logits(self(h), params or SamplingParams(), generator, seen)
+               generator: torch.Generator | None = None, seen: Tensor | None = None,
+               allowed: Tensor | None = None) -> Tensor:
+        """h (B, D) -> next token ids (B,). ``seen`` (B, V) bool for the repetition penalty.
+        ``allowed`` (V,) or (B, V) bool: the only ids that may be drawn (a schedule's sub-vocabulary,
+        e.g. RALL-E's duration bins while it writes durations)."""
+        logits = self(h)
+        if allowed is not None:
+            logits = logits.float().masked_fill(~allowed, float("-inf"))
+        return sample_from_logits(logits, params or SamplingParams(), generator, seen)
