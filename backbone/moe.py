@@ -16,11 +16,16 @@ push tokens around between identical null experts.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .transformer import MLP, ModelArgs
+from .mlp import MLP
+
+if TYPE_CHECKING:  # for annotations only: transformer.py imports this file
+    from .transformer import ModelArgs
 
 
 class MoE(nn.Module):

@@ -22,6 +22,8 @@ from torch import Tensor, nn
 
 from .cache import Cache, KVCache
 from .masks import MaskSpec, build_mask
+from .mlp import MLP
+from .moe import MoE
 
 
 def find_multiple(n: int, k: int) -> int:
@@ -201,38 +203,13 @@ class Attention(nn.Module):
         return self.wo(y.transpose(1, 2).reshape(B, T, -1))
 
 
-class MLP(nn.Module):
-    def __init__(self, args: ModelArgs, hidden: int | None = None):
-        super().__init__()
-        self.kind = args.mlp
-        hidden = hidden or args.intermediate_size
-        n_in = 2 * hidden if args.mlp == "swiglu" else hidden
-        self.w_in = nn.Linear(args.dim, n_in, bias=args.mlp_bias)   # SwiGLU: [gate; up] fused
-        self.w_out = nn.Linear(hidden, args.dim, bias=args.mlp_bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.w_in(x)
-        if self.kind == "swiglu":
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
-        elif self.kind == "relu2":
-            h = F.relu(h).square()
-        else:
-            h = F.gelu(h, approximate="tanh" if self.kind == "gelu_tanh" else "none")
-        return self.w_out(h)
-
-
 class Block(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         Norm = NORMS[args.norm]
         self.attn_norm, self.mlp_norm = Norm(args.dim, eps=args.norm_eps), Norm(args.dim, eps=args.norm_eps)
         self.attn = Attention(args)
-        if args.n_experts:
-            from .moe import MoE
-            self.mlp = MoE(args)
-        else:
-            self.mlp = MLP(args)
+        self.mlp = MoE(args) if args.n_experts else MLP(args)
         self.drop = nn.Dropout(args.dropout)
 
     def forward(self, x, rope, mask, input_pos, skip_mlp: bool = False, sims: list | None = None,
