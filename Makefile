@@ -5,7 +5,7 @@ PIP    := $(VENV)/bin/pip
 PYTEST_ARGS ?=
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv sysdeps smoke test demo bench clean
+.PHONY: venv sysdeps demo-sysdeps smoke test demo bench clean
 
 venv: $(VENV)/.installed
 
@@ -15,8 +15,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
-# Debian packages the tests use: chromium (browser tests), espeak-ng (speech corpus),
-# fortunes (text corpus of assets/text-fortunes-bpe)
+# Debian packages the apps need: espeak-ng (the Speech tab and `omniar tts` turn text into phonemes with it)
+demo-sysdeps:
+	@if ! command -v espeak-ng >/dev/null; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq espeak-ng >/dev/null; fi
+
+# ... and those the tests add: chromium (browser tests), fortunes (text corpus of assets/text-fortunes-bpe)
 sysdeps:
 	@if ! command -v chromium >/dev/null || ! command -v espeak-ng >/dev/null || \
 	    ! [ -f /usr/share/games/fortunes/fortunes ]; then \
@@ -30,7 +34,7 @@ smoke: venv
 test: venv sysdeps smoke
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-demo: venv
+demo: venv demo-sysdeps
 	$(PY) -m apps.cli demo
 
 bench: venv

