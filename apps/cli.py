@@ -22,14 +22,14 @@ def _train(a):
     import yaml
     from apps.text import recipe as train_text
     if a.task == "forecast":
-        from apps.forecast import model as recipe
+        from apps.forecast import recipe
         cfg = train_text.load_config(a.config, required=("model", "train", "seg_len"))
     elif a.task == "forecast-bins":
-        from apps.forecast import bins as recipe
+        from apps.forecast import bins_recipe as recipe
         cfg = train_text.load_config(a.config, required=("data", "model", "train", "context_length",
                                                          "prediction_length"))
     elif a.task == "t2i":
-        from apps.t2i import model as recipe
+        from apps.t2i import recipe
         cfg = train_text.load_config(a.config, required=("model", "train"))
     elif a.task == "codec":
         from apps.tts import codec_recipe as recipe
@@ -98,8 +98,8 @@ def _t2i(a):
 
 
 def _tts(a):
-    from apps.tts import checks as speech_io
-    speech_io.cli_tts(a)
+    from apps.tts import model as tts
+    tts.cli_tts(a)
 
 
 def _caption(a):
@@ -108,8 +108,8 @@ def _caption(a):
 
 
 def _forecast(a):
-    from apps.forecast import model as forecast
-    forecast.main(a)
+    from apps.forecast import cli as forecast_cli
+    forecast_cli.main(a)
 
 
 def _finetune_forecast(a):

@@ -58,8 +58,20 @@ class OmniModel(nn.Module):
         self.heads = nn.ModuleDict({n: _import_class(p["class"])(**p.get("kwargs", {}))
                                     for n, p in self.config["heads"].items()})
         for head in self.heads.values():
-            if getattr(head, "tie", False):
-                head.proj.weight = self.backbone.tok_embeddings.weight
+            self._attach(head)
+
+    def _attach(self, head: nn.Module):
+        """A head that shares parts of the model takes them here, once every part exists
+        (``head.attach(model)``: a tied LM head's weight, a draft head's frozen embedding and LM head)."""
+        if hasattr(head, "attach"):
+            head.attach(self)
+
+    def add_head(self, name: str, spec: dict) -> nn.Module:
+        """Add (or replace) head ``name`` from a ``part`` spec, in the config too; returns it."""
+        self.config["heads"][name] = spec
+        self.heads[name] = _import_class(spec["class"])(**spec.get("kwargs", {}))
+        self._attach(self.heads[name])
+        return self.heads[name]
 
     @classmethod
     def build(cls, args: ModelArgs, heads: dict[str, dict], adapters: dict[str, dict] | None = None,
@@ -101,9 +113,6 @@ class OmniModel(nn.Module):
             if isinstance(tgt, (tuple, list)):
                 sel, tgt = tgt
                 losses[name] = self.heads[name].loss(h[sel], tgt)
-            elif getattr(self.heads[name], "distills", None):  # a draft head learns from the model itself
-                head = self.heads[name]
-                losses[name] = head.loss(h, tgt, self.backbone.tok_embeddings, self.heads[head.distills])
             else:
                 losses[name] = self.heads[name].loss(h, tgt)
         w = dict(loss_weights or {})

@@ -9,9 +9,11 @@ states of every earlier token (prompt included). The penalty keeps greedy-like q
 avoiding the loops greedy decoding falls into. Deterministic; ``SamplingParams(penalty_alpha=α,
 top_k=k)`` selects it in ``generate``, as in HF transformers.
 
-All k candidates of all rows go through the model together: the cache holds B*k rows (each
-row's prompt repeated k times); after a step, the chosen candidate's keys/values at the new
-slot are copied to the other k-1 rows of its group, so the k copies stay identical.
+``ContrastiveSchedule`` runs on the one generation loop (backbone/generate.py): the generation's
+cache holds B*k rows (each row's prompt repeated k times); the LM head's sample gives the k
+candidates (``LMHead.sample(candidates=k)``), one feed runs all B*k of them, and the next feed
+first copies each chosen candidate's keys/values at that slot to the other k-1 rows of its group
+(``Feed.keep``), so the k copies stay identical.
 """
 from __future__ import annotations
 
@@ -21,9 +23,75 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .generate import left_pad
-from .masks import build_mask
+from .generate import Feed, Generation, Prompt, Schedule, Step, left_pad
 from .sampling import SamplingParams
+
+
+class ContrastiveSchedule(Schedule):
+    """One contrastive search. Samples are the candidates (probabilities (B, k), ids (B, k));
+    ``out`` holds the (B,) token chosen by the latest ``next`` (-1 after a row's stop token)."""
+
+    def __init__(self, model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
+                 pad_id: int = 0, device=None):
+        params.validate()
+        if not params.top_k:
+            raise ValueError("contrastive search needs top_k (the number of candidates), e.g. top_k=4")
+        self.device = device or next(model.parameters()).device
+        ids, am = left_pad(prompts, pad_id)
+        self.ids, self.am = ids.to(self.device), am.to(self.device)
+        (B, P), n = ids.shape, params.max_new_tokens
+        if P + n > model.args.block_size:
+            raise ValueError(f"prompt ({P}) + max_new_tokens ({n}) exceeds the context ({model.args.block_size})")
+        self.head, self.alpha, self.max_new = head, params.penalty_alpha, n
+        self.K = min(params.top_k, model.heads[head].vocab_size)
+        self.key_valid = torch.ones(B, P + n, dtype=torch.bool, device=self.device)   # real tokens
+        self.key_valid[:, :P] = self.am.bool()
+        self.stop = torch.as_tensor(params.stop_tokens or [-2], device=self.device)
+        self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.group = torch.arange(B, device=self.device) * self.K   # first candidate row of each prompt
+        self.ctx: Tensor | None = None   # (B, P + n, D) hidden state of every token so far
+        self.last: Tensor | None = None  # (B, D) the state the next candidates come from
+        self.cand: tuple[Tensor, Tensor] | None = None  # this step's candidates: probs, ids (B, K)
+        self.keep: Tensor | None = None  # (B*K,) the chosen candidate row of each row's group
+        self.t = 0
+        self.out: Tensor | None = None
+
+    def prompt(self) -> Prompt:
+        """Every prompt K times: one copy per candidate row."""
+        K = self.K
+        return Prompt(self.ids.repeat_interleave(K, 0), self.am.repeat_interleave(K, 0), self.key_valid.shape[1])
+
+    def next(self, h: Tensor) -> Step | None:
+        B, K = self.done.shape[0], self.K
+        if self.ctx is None:  # after the prefill: h (B*K, P, D), K identical copies per row
+            h = h[::K]
+            P = h.shape[1]
+            self.ctx = h.new_zeros(B, self.key_valid.shape[1], h.shape[-1])
+            self.ctx[:, :P] = h
+            self.last = h[:, -1]
+        else:                 # the candidates just run: h (B*K, 1, D)
+            slot = self.ids.shape[1] + self.t
+            hc = h[:, -1].view(B, K, -1)                                                 # (B, K, D)
+            # degeneration penalty: max cosine similarity to any earlier real token
+            sim = F.cosine_similarity(hc[:, :, None, :].float(), self.ctx[:, None, :slot, :].float(), dim=-1)
+            sim = sim.masked_fill(~self.key_valid[:, None, :slot], float("-inf")).max(-1).values  # (B, K)
+            top_p, top_i = self.cand
+            best = ((1 - self.alpha) * top_p - self.alpha * sim).argmax(-1)                # (B,)
+            tok = top_i.gather(1, best[:, None])[:, 0]
+            self.out = torch.where(self.done, torch.full_like(tok, -1), tok)
+            self.done |= torch.isin(tok, self.stop)
+            self.t += 1
+            if bool(self.done.all()) or self.t == self.max_new:
+                return None
+            self.keep = (self.group + best).repeat_interleave(K)  # the chosen candidate stays in every row
+            self.last = hc[torch.arange(B, device=self.device), best]
+            self.ctx[:, slot] = self.last
+        return Step(self.head, self.last, {"candidates": K})
+
+    def feed(self, cand: tuple[Tensor, Tensor]) -> Feed:
+        """All B*K candidates in one step over the cache (after keeping last step's choices)."""
+        self.cand = tuple(cand)
+        return Feed(ids=self.cand[1].reshape(-1, 1), keep=self.keep)
 
 
 @torch.no_grad()
@@ -32,62 +100,12 @@ def generate_contrastive(model, prompts: list[list[int]], params: SamplingParams
     """Stream contrastive-search tokens for a batch of (ragged) prompts. Yields (B,) tensors
     (-1 after a row's stop token). Needs ``params.top_k`` >= 1 and ``0 <= penalty_alpha <= 1``;
     temperature and the other sampling settings are not used (the search is deterministic)."""
-    params.validate()
-    K, alpha = params.top_k, params.penalty_alpha
-    if not K:
-        raise ValueError("contrastive search needs top_k (the number of candidates), e.g. top_k=4")
-    device = device or next(model.parameters()).device
-    ids, am = left_pad(prompts, pad_id)
-    ids, am = ids.to(device), am.to(device)
-    (B, P), n = ids.shape, params.max_new_tokens
-    if P + n > model.args.block_size:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({n}) exceeds the context ({model.args.block_size})")
-    S = P + n
-    bb, lm = model.backbone, model.heads[head]
-    K = min(K, lm.vocab_size)
-    key_valid = torch.ones(B, S, dtype=torch.bool, device=device)
-    key_valid[:, :P] = am.bool()
-    kv_rep = key_valid.repeat_interleave(K, 0)                                   # (B*K, S)
-    stop = torch.as_tensor(params.stop_tokens or [-2], device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    try:
-        # 1. prefill every prompt K times (one copy per candidate row)
-        cache = bb.new_cache(B * K, S, device=device)
-        slots = torch.arange(P, device=device)
-        positions = (am.cumsum(-1) - 1).clamp(min=0)                              # (B, P)
-        mask = build_mask(slots, slots, kv_rep[:, :P], slots)
-        h = bb(input_ids=ids.repeat_interleave(K, 0), positions=positions.repeat_interleave(K, 0),
-               mask=mask, input_pos=slots, cache=cache)[::K]                                  # (B, P, D)
-        ctx = torch.zeros(B, S, h.shape[-1], dtype=h.dtype, device=device)     # hidden state of every token
-        ctx[:, :P] = h
-        last, pos = h[:, -1], positions[:, -1] + 1                                # (B, D), (B,)
-        group = torch.arange(B, device=device) * K
-        for t in range(n):
-            slot = P + t
-            # 2. the k most likely next tokens of every row
-            probs = lm(last).float().softmax(-1)                                  # (B, V)
-            top_p, top_i = probs.topk(K, dim=-1)                                  # (B, K)
-            # 3. their hidden states, all B*K candidates in one step over the cache
-            sl = torch.tensor([slot], device=device)
-            m = kv_rep[:, None, None, :slot + 1]                                  # (B*K, 1, 1, slot+1)
-            hc = bb(input_ids=top_i.reshape(B * K, 1), positions=pos.repeat_interleave(K)[:, None],
-                    mask=m, input_pos=sl, cache=cache)[:, -1].view(B, K, -1)                   # (B, K, D)
-            # 4. degeneration penalty: max cosine similarity to any earlier real token
-            sim = F.cosine_similarity(hc[:, :, None, :].float(), ctx[:, None, :slot, :].float(), dim=-1)  # (B, K, slot)
-            sim = sim.masked_fill(~key_valid[:, None, :slot], float("-inf")).max(-1).values
-            best = ((1 - alpha) * top_p - alpha * sim).argmax(-1)                 # (B,)
-            tok = top_i.gather(1, best[:, None])[:, 0]
-            yield torch.where(done, torch.full_like(tok, -1), tok)
-            done |= torch.isin(tok, stop)
-            if bool(done.all()) or t + 1 == n:
-                return
-            # 5. keep the chosen candidate: copy its keys/values to its group's other rows
-            src = (group + best).repeat_interleave(K)                             # (B*K,)
-            for c in cache.layers:
-                c.k_cache[:B * K, :, slot] = c.k_cache[src, :, slot]
-                c.v_cache[:B * K, :, slot] = c.v_cache[src, :, slot]
-            last = hc[torch.arange(B, device=device), best]                      # (B, D)
-            ctx[:, slot] = last
-            pos = pos + 1
-    finally:
-        pass
+    schedule = ContrastiveSchedule(model, prompts, params, head, pad_id, device)
+    gen = Generation(model, schedule)
+    while True:  # a token is chosen when its candidates' states come back, one step after they are sampled
+        more = gen.step() is not None
+        if schedule.out is not None:
+            yield schedule.out
+            schedule.out = None
+        if not more:
+            return

@@ -1,4 +1,4 @@
-"""Drafters for ``speculative.generate_drafted``: who guesses the next γ tokens.
+"""Drafters for drafted decoding (backbone/speculative.py): who guesses the next γ tokens.
 
   * ``PromptLookupDrafter``: copy what followed the latest earlier occurrence of the current
     suffix (prompt-lookup decoding, Saxena 2023). No model at all.
@@ -241,17 +241,16 @@ class HeadDrafter(_Stateless):
     from the hidden state that predicted the pending token: no second model, no second cache.
     ``fallback``: BiLD's fallback policy applied to the head (stop when it is unsure)."""
 
-    def __init__(self, model, name: str = "draft", lm: str = "lm", fallback: float | None = None):
+    def __init__(self, model, name: str = "draft", fallback: float | None = None):
         if name not in model.heads:
             raise ValueError(f"the model has no {name!r} head; train one with `omniar train draft-head`")
-        self.model, self.name, self.lm, self.fallback = model, name, lm, fallback
+        self.head, self.fallback = model.heads[name], fallback
 
     def __call__(self, ctx: DraftContext, gamma: int, params: SamplingParams | None = None, gen=None) -> Draft:
         if ctx.hidden is None or gamma == 0:
             return Draft.empty(ctx.seq.shape[0], ctx.seq.device)
-        tokens, lengths, q = self.model.heads[self.name].draft(
-            ctx.hidden, ctx.pending, self.model.backbone.tok_embeddings, self.model.heads[self.lm],
-            gamma, params, gen, self.fallback)
+        tokens, lengths, q = self.head.sample(ctx.hidden, token=ctx.pending, gamma=gamma, params=params,
+                                              generator=gen, fallback=self.fallback)
         return Draft(tokens, lengths, q)
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .cache import Cache
@@ -52,7 +53,10 @@ class Prompt:
     """What the loop prefills. ids, attention_mask: (B, P) (1 = real token, left padding = 0).
     ``embeds`` (B, P, D) + ``embed_mask`` (B, P): continuous inputs at the masked positions.
     ``block_ids`` (B, P) or (P,): the prompt's attention pattern as block ids (backbone/masks.py).
-    ``max_seq``: cache slots to allocate; ``static``: fixed-shape cache for a compiled step."""
+    ``max_seq``: cache slots to allocate; ``static``: fixed-shape cache for a compiled step.
+    ``positions`` (B, P) and ``mask`` (B|1, 1, P, P) bool: a layout that positions from the
+    attention mask and block ids cannot say (Set-Based Prompting's options share positions and
+    do not see each other, backbone/set_prompt.py). P = 0 only allocates the cache."""
     ids: Tensor
     attention_mask: Tensor | None = None
     max_seq: int = 0
@@ -60,6 +64,8 @@ class Prompt:
     embed_mask: Tensor | None = None
     block_ids: Tensor | None = None
     static: bool = False
+    positions: Tensor | None = None
+    mask: Tensor | None = None
 
 
 @dataclass
@@ -78,20 +84,29 @@ class Feed:
     bidirectionally (an image block, a scale, a cell). ``commit=False`` leaves the state where
     it was, so the next feed rewrites the same slots (a masked order refining its block).
     ``mask`` (B|1, 1, 1, S): replaces a one-token step's mask (RALL-E's duration-guided window).
-    ``prompt``: start over from a fresh cache (a sliding window, a full non-causal pass)."""
+    ``prompt``: start over from a fresh cache (a sliding window, a full non-causal pass).
+    ``slots`` + ``positions`` (B, n): ids go at each row's own cache slots, causally (draft
+    verification, where rows have accepted different numbers of tokens); see ``decode_rows``.
+    ``keep`` (B,): first, every row's newest written slot becomes a copy of row keep[row]'s (a
+    search that ran one candidate per row keeps the chosen ones: contrastive search)."""
     ids: Tensor | None = None
     embeds: Tensor | None = None
     commit: bool = True
     mask: Tensor | None = None
     prompt: Prompt | None = None
+    slots: Tensor | None = None
+    positions: Tensor | None = None
+    keep: Tensor | None = None
 
 
 class Schedule:
     """The per-task part of generation. Subclasses implement:
 
     * ``prompt() -> Prompt``: what to prefill;
-    * ``next(h) -> Step | None``: given the hidden states of the positions just run, (B, n, D),
-      the active head and what it conditions on; None = finished;
+    * ``next(h) -> Step | Feed | None``: given the hidden states of the positions just run, (B, n, D),
+      the active head and what it conditions on; None = finished; a Feed = inputs to run before any
+      head samples (an image's start block, a masked block's first pass, a token that follows by
+      rule such as ``<eoi>``), after which ``next`` is asked again with their hidden states;
     * ``feed(sample) -> Feed | None``: the modality's turn of a sample into the next inputs
       (also where outputs are collected); None = finished after this sample.
     * ``result()``: the finished output (images, audio codes, ...).
@@ -143,6 +158,9 @@ class Generation:
             self.h = advance(self.model, self.state, self.pending, self.schedule.step_fn)
             self.pending = None
         step = self.schedule.next(self.h)                                       # 1. which head
+        while isinstance(step, Feed):                       # inputs that no head samples come first
+            self.h = advance(self.model, self.state, step, self.schedule.step_fn)
+            step = self.schedule.next(self.h)
         if step is None:
             self.done = True
             return None
@@ -189,15 +207,21 @@ def prefill_prompt(model, p: Prompt) -> tuple[Tensor, DecodeState]:
     am = torch.ones_like(p.ids) if p.attention_mask is None else p.attention_mask
     cache = bb.new_cache(B, p.max_seq or P, device=dev, static=p.static)
     max_seq = cache.max_seq
+    if P == 0:  # nothing to run yet: the schedule feeds the first inputs itself (backbone/speculative.py)
+        positions = torch.zeros(B, dtype=torch.long, device=dev)
+        h = bb.tok_embeddings.weight.new_zeros(B, 0, model.args.dim)
+        return h, DecodeState(positions=positions, key_valid=None, next_slot=0, cache=cache, static=p.static)
     padded = bool((am == 0).any())
-    positions = (am.cumsum(-1) - 1).clamp(min=0)                                # (B, P)
+    positions = (am.cumsum(-1) - 1).clamp(min=0) if p.positions is None else p.positions.to(dev)  # (B, P)
     input_pos = torch.arange(P, device=dev)
     key_valid, mask = None, None
     bidirectional = model.args.prefix_lm  # non-causal decoder: the prompt is the prefix
     if padded:
         key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=dev)
         key_valid[:, :P] = am.bool()
-    if padded or p.static or bidirectional or p.block_ids is not None:
+    if p.mask is not None:  # the prompt's own pattern; (static) unwritten slots stay hidden
+        mask = F.pad(p.mask.to(dev), (0, max_seq - P)) if p.static else p.mask.to(dev)
+    elif padded or p.static or bidirectional or p.block_ids is not None:
         S = max_seq if p.static else P
         block_q, block_k = input_pos, torch.arange(S, device=dev)
         if p.block_ids is not None:  # (static) unwritten slots get ids above every prompt id
@@ -301,9 +325,47 @@ def decode_block(model, embeds: Tensor, state: DecodeState, commit: bool = False
     return h
 
 
+def rows_step(bb, ids: Tensor, positions: Tensor, slots: Tensor, mask: Tensor, cache: Cache) -> Tensor:
+    """One backbone pass at per-row slots: ids, positions, slots (B, n), mask (B, 1, n, S) -> h (B, n, D).
+    Fixed shapes under a static cache: what a compiled verification traces."""
+    return bb(input_ids=ids, positions=positions, mask=mask, input_pos=slots, cache=cache)
+
+
+@torch.no_grad()
+def decode_rows(model, state: DecodeState, ids: Tensor, slots: Tensor, positions: Tensor,
+                step_fn=None) -> Tensor:
+    """Run ids (B, n) at per-row cache slots (B, n) with position ids (B, n) -> h (B, n, D).
+
+    Each query sees its row's slots up to its own, minus padding, so rows may stand at different
+    slots (draft verification: every row moves on by what it accepted). The state does not
+    advance: the caller owns the rows' slots, and a row's next feed rewrites what it rejected.
+    ``step_fn``: a replacement of ``rows_step`` (a compiled one, with a static cache)."""
+    S = state.cache.max_seq if state.static else int(slots.max()) + 1
+    kv = None if state.key_valid is None else state.key_valid[:, :S]
+    mask = build_mask(slots, torch.arange(S, device=ids.device), kv)                   # (B, 1, n, S)
+    return (step_fn or rows_step)(model.backbone, ids, positions, slots, mask, state.cache)
+
+
+def keep_rows(state: DecodeState, src: Tensor):
+    """Every row's newest written slot (next_slot - 1) becomes a copy of row src[row]'s, src (B,):
+    a search that ran one candidate per row keeps the chosen candidate of each group."""
+    slot = state.next_slot - 1
+    for c in state.cache.layers:
+        for buf in (c.k_cache, c.v_cache):   # (B, nkv, max_seq, hs)
+            buf[:len(src), :, slot] = buf[src, :, slot]
+        if c.raw is not None:                # Primer's pre-conv projections, (B, max_seq, C)
+            c.raw[:len(src), slot] = c.raw[src, slot]
+
+
 @torch.no_grad()
 def advance(model, state: DecodeState, feed: Feed, step_fn=None) -> Tensor:
-    """Apply a Feed to a generation's state -> hidden states of the positions run (B, n, D)."""
+    """Apply a Feed to a generation's state -> hidden states of the positions run (B, n, D).
+    ``step_fn`` replaces the backbone call of the feed's kind (``decode_step`` for one token,
+    ``rows_step`` for per-row slots)."""
+    if feed.keep is not None:
+        keep_rows(state, feed.keep)
+    if feed.slots is not None:
+        return decode_rows(model, state, feed.ids, feed.slots, feed.positions, step_fn)
     if feed.prompt is not None:  # start over: a fresh cache (the old one is dropped with the state)
         h, new = prefill_prompt(model, feed.prompt)
         new.skip, new.max_new, new.step = state.skip, state.max_new, state.step
@@ -408,7 +470,8 @@ class TextSchedule(Schedule):
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
              pad_id: int = 0, device=None, compile: bool = False, drafter=None, gamma: int = 4,
-             skip: LayerSkip | None = None, stats: dict | None = None) -> Iterator[Tensor]:
+             skip: LayerSkip | None = None, stats: dict | None = None,
+             rollback: float | None = None) -> Iterator[Tensor]:
     """Stream tokens for a batch of prompts. Yields (B,) token tensors, one per step.
 
     Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
@@ -419,12 +482,15 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
 
     The other fast paths are options of this one call:
       * ``drafter`` (backbone/drafters.py) + ``gamma``: exact draft-and-verify decoding
-        (backbone/speculative.py); ``stats`` receives the acceptance counts;
+        (backbone/speculative.py); ``stats`` receives the acceptance counts; ``rollback``: BiLD's
+        rollback policy instead of exact verification (greedy only);
       * ``params.penalty_alpha > 0``: contrastive search over ``params.top_k`` candidates
         (backbone/contrastive.py);
       * ``skip``: early exit or FFN skipping per decoded token (backbone/skip.py; inexact).
     """
     params.validate()
+    if rollback is not None and drafter is None:
+        raise ValueError("rollback is a policy of drafted decoding; give a drafter")
     if model.args.prefix_lm and (params.penalty_alpha > 0 or drafter is not None):
         raise ValueError("a prefix-LM model decodes with plain sampling only (no drafting or contrastive search)")
     if params.penalty_alpha > 0 or drafter is not None:
@@ -438,7 +504,7 @@ def generate(model, prompts: list[list[int]], params: SamplingParams, head: str 
         else:
             from .speculative import generate_drafted
             yield from generate_drafted(model, prompts, params, drafter, gamma, head, pad_id, device, stats=stats,
-                                        compile=compile)
+                                        compile=compile, rollback=rollback)
         return
     if skip is not None:
         if compile:

@@ -25,9 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from heads.lm import LMHead
-
-from .container import OmniModel, atomic_write_text, part
+from .container import OmniModel, atomic_write_text
 from .transformer import ModelArgs, rope_inv_freq
 
 SUPPORTED = ("gpt2", "llama", "qwen2", "mistral")
@@ -228,7 +226,8 @@ def load_hf(folder, device=None, dtype: torch.dtype | None = None) -> OmniModel:
     tie = bool(cfg.get("tie_word_embeddings", True))
     if not tie and "lm_head.weight" not in sd:
         raise ValueError(f"{folder}: tie_word_embeddings is false but lm_head.weight is missing")
-    heads = {"lm": part(LMHead, dim=args.dim, vocab_size=args.vocab_size, tie=tie)}
+    # the LM head by its dotted name (the container imports it): backbone/ imports nothing of heads/
+    heads = {"lm": {"class": "heads.lm.LMHead", "kwargs": dict(dim=args.dim, vocab_size=args.vocab_size, tie=tie)}}
     with torch.device("meta"):  # no random init: every tensor comes from the file
         model = OmniModel.build(args, heads, meta={"hf_model_type": mt, "hf_source": str(folder),
                                                    "eos_token_id": cfg.get("eos_token_id"),

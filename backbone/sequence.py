@@ -91,13 +91,16 @@ class Sequence:
     adapter_inputs: dict = field(default_factory=dict)
     block_ids: Tensor | None = None
     targets: dict = field(default_factory=dict)
+    side: str = "right"
 
     def _adapter_inputs(self) -> dict:
         return {n: v[0] if len(v) == 1 else v for n, v in self.adapter_inputs.items()}
 
     def batch(self) -> dict:
-        """The trainer's batch: ``OmniModel(**batch)`` (right-padded rows: padding sits after each
-        row's tokens, where causal attention keeps it out of every real position)."""
+        """The trainer's batch: ``OmniModel(**batch)``. Right-padded rows: padding sits after each
+        row's tokens, where causal attention keeps it out of every real position. Left-padded rows
+        train as generate prefills them: positions start at each row's first token and a mask
+        hides the padding."""
         out: dict = {}
         all_embeds = self.embed_mask is not None and bool(self.embed_mask.all())
         if not all_embeds:
@@ -106,33 +109,42 @@ class Sequence:
             out["adapter_inputs"] = self._adapter_inputs()
             if not all_embeds:
                 out["embed_mask"] = self.embed_mask
-        if self.block_ids is not None:
+        if self.side == "left":
+            j = torch.arange(self.ids.shape[1])
+            blocks = j if self.block_ids is None else self.block_ids
+            out["positions"] = self.positions
+            out["mask"] = build_mask(blocks, blocks, self.attention_mask.bool(), j)     # (B, 1, T, T)
+        elif self.block_ids is not None:
             out["mask"] = build_mask(self.block_ids, self.block_ids)                    # (B, 1, T, T)
         if self.targets:
             out["targets"] = self.targets
         return out
 
     def prompt(self, model, max_seq: int, static: bool = False) -> Prompt:
-        """A generation prompt (pack with ``side="left"``): the adapter's embeddings at its positions."""
+        """A generation prompt (pack with ``side="left"``) on the model's device: the adapter's
+        embeddings at its positions."""
+        dev = next(model.parameters()).device
+        to = lambda x: None if x is None else x.to(dev)  # noqa: E731
         embeds = None
         if self.adapter_inputs:
             (name, raw), = self._adapter_inputs().items()
-            embeds = model.adapters[name](raw)
-        return Prompt(self.ids, self.attention_mask, max_seq, embeds, self.embed_mask if embeds is not None else None,
-                      self.block_ids, static)
+            embeds = model.adapters[name](tuple(map(to, raw)) if isinstance(raw, tuple) else to(raw))
+        return Prompt(to(self.ids), to(self.attention_mask), max_seq, embeds,
+                      to(self.embed_mask) if embeds is not None else None, to(self.block_ids), static)
 
 
-def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_last: bool = False) -> Sequence:
+def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_last: bool = False,
+         length: int | None = None) -> Sequence:
     """Lay rows of segments out as one batch, padded on ``side`` ("right" for training, "left" for
-    prompts, so every row's last token sits in the last column). ``trim_last`` (right side): each
-    row's last token is only a target (an <eos>), never an input, as nanoGPT's x = s[:-1], y = s[1:].
-    Returns a Sequence."""
+    prompts, so every row's last token sits in the last column). ``trim_last``: each row's last
+    token is only a target (an <eos>), never an input, as nanoGPT's x = s[:-1], y = s[1:].
+    ``length``: pad to at least this many columns (a fixed batch width). Returns a Sequence."""
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("every row needs at least one segment")
     if side not in ("left", "right"):
         raise ValueError("side is 'left' or 'right'")
     lengths = [sum(len(s) for s in r) for r in rows]
-    B, T = len(rows), max(lengths)
+    B, T = len(rows), max(lengths + [length or 0])
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     am = torch.zeros(B, T, dtype=torch.long)
     blocks = torch.arange(T).repeat(B, 1)
@@ -180,17 +192,16 @@ def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_l
         order = torch.cat([k for k, _ in items]).argsort()                  # row-major, as h[select] reads
         targets[head] = (sel, torch.cat([t for _, t in items])[order])
     if trim_last:
-        if side != "right":
-            raise ValueError("trim_last applies to right-padded (training) rows")
         for b, L in enumerate(lengths):
-            ids[b, L - 1], am[b, L - 1], embed_mask[b, L - 1] = pad_id, 0, False
+            last = T - 1 if side == "left" else L - 1                          # each row's last token
+            ids[b, last], am[b, last], embed_mask[b, last] = pad_id, 0, False
             for _, bufs in adapters.values():
                 for buf, f in zip(bufs, next(iter(adapters.values()))[0]):
-                    buf[b, L - 1] = f
+                    buf[b, last] = f
         T -= 1
         ids, am, blocks, embed_mask = ids[:, :T], am[:, :T], blocks[:, :T], embed_mask[:, :T]
         adapters = {n: (f, [v[:, :T] for v in bufs]) for n, (f, bufs) in adapters.items()}
         targets = {h: t[:, :T] if isinstance(t, Tensor) else (t[0][:, :T], t[1]) for h, t in targets.items()}
     positions = (am.cumsum(-1) - 1).clamp(min=0)
     return Sequence(ids, am, positions, embed_mask if adapters else None,
-                    {n: tuple(v) for n, (_, v) in adapters.items()}, blocks if any_block else None, targets)
+                    {n: tuple(v) for n, (_, v) in adapters.items()}, blocks if any_block else None, targets, side)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .generate import DecodeState, decode_n_tokens
+from .generate import DecodeState, Prompt, TextSchedule, prefill_prompt, run
 from .sampling import SamplingParams
 
 
@@ -43,48 +43,67 @@ def set_prompt_inputs(prefix: list[int], options: list[list[int]],
     return torch.tensor(ids, dtype=torch.long), torch.tensor(pos, dtype=torch.long), mask
 
 
-@torch.no_grad()
-def set_prefill(model, prefix: list[int], options: list[list[int]], suffix: list[int],
-                max_seq: int) -> tuple[Tensor, DecodeState]:
-    """Fill a fresh KV cache (1 row, ``max_seq`` slots) with the set prompt.
+def set_prompt(model, prefix: list[int], options: list[list[int]], suffix: list[int],
+               max_seq: int = 0) -> Prompt:
+    """The set prompt as the generation loop's Prompt (1 row, on the model's device): its T laid-out
+    tokens with their shared positions and mask; ``max_seq`` cache slots (default T).
 
-    Returns the last hidden state (1, D) and a DecodeState whose ``positions`` (1,) is the
-    next *position id* (last position + 1), while ``next_slot`` is the next cache slot (T);
-    the two differ whenever there are several options. Later decode steps attend to every
-    cache slot, i.e. generated tokens see the whole prompt, as the suffix does.
-    """
+    The state it prefills to continues at position id last + 1 while its next cache slot is T;
+    the two differ whenever there are several options. Later decode steps attend to every cache
+    slot, i.e. generated tokens see the whole prompt, as the suffix does."""
     ids, pos, mask = set_prompt_inputs(prefix, options, suffix)
     if len(options) > 1 and len(suffix) == 0:
         raise ValueError("with several options the suffix must be non-empty (e.g. 'Answer:'): otherwise the "
                          "next token is predicted from the last option's last token, which sees only that "
                          "option, so the output would depend on the options' order")
     T, block = ids.shape[0], model.args.block_size
-    next_pos = len(prefix) + max(len(o) for o in options) + len(suffix)  # not pos[-1] + 1 (empty suffix)
     if T > block:
         raise ValueError(f"set prompt is {T} tokens (all options laid out) but the model's context "
                          f"is {block}; shorten the prompt or the options")
-    if max_seq < T:
+    if max_seq and max_seq < T:
         raise ValueError(f"max_seq={max_seq} is smaller than the set prompt ({T} tokens)")
     dev = next(model.parameters()).device
-    ids, pos, mask = ids.to(dev), pos.to(dev), mask.to(dev)
-    bb = model.backbone
-    cache = bb.new_cache(1, max_seq, device=dev)
-    h = bb(input_ids=ids[None], positions=pos[None], mask=mask,
-           input_pos=torch.arange(T, device=dev), cache=cache)                      # (1, T, D)
-    return h[:, -1], DecodeState(positions=torch.tensor([next_pos], device=dev), key_valid=None, next_slot=T,
-                                 cache=cache)
+    return Prompt(ids[None].to(dev), max_seq=max_seq or T, positions=pos[None].to(dev), mask=mask.to(dev))
+
+
+@torch.no_grad()
+def set_prefill(model, prefix: list[int], options: list[list[int]], suffix: list[int],
+                max_seq: int) -> tuple[Tensor, DecodeState]:
+    """Prefill a fresh cache (1 row, ``max_seq`` slots) with the set prompt -> the last hidden
+    state (1, D) and the DecodeState (``positions`` (1,) the next position id, ``next_slot`` T)."""
+    h, state = prefill_prompt(model, set_prompt(model, prefix, options, suffix, max_seq))
+    return h[:, -1], state
 
 
 @torch.no_grad()
 def set_logits(model, prefix: list[int], options: list[list[int]], suffix: list[int],
                head: str = "lm") -> Tensor:
     """Next-token logits (V,) after the set prompt (e.g. to score multiple-choice answers)."""
-    T = set_prompt_inputs(prefix, options, suffix)[0].shape[0]  # validates the options
-    try:
-        h, _ = set_prefill(model, prefix, options, suffix, max_seq=T)
-        return model.heads[head](h)[0]
-    finally:
-        pass
+    h, _ = set_prefill(model, prefix, options, suffix, max_seq=0)
+    return model.heads[head](h)[0]
+
+
+class SetSchedule(TextSchedule):
+    """Text after a set prompt: ``TextSchedule``'s sampling, stop tokens and repetition penalty over
+    the set's own layout. Its cache holds the prompt and every new token, so it never slides (a
+    re-encoded window would lose the set)."""
+
+    def __init__(self, model, prefix: list[int], options: list[list[int]], suffix: list[int],
+                 params: SamplingParams, head: str = "lm"):
+        params.validate()
+        ids, _, _ = set_prompt_inputs(prefix, options, suffix)
+        T, n, block = ids.shape[0], params.max_new_tokens, model.args.block_size
+        last = len(prefix) + max(len(o) for o in options) + len(suffix) - 1  # last position id
+        if last + n > block:
+            raise ValueError(f"set prompt ends at position {last}; {n} new tokens would run past the "
+                             f"model's context of {block} positions; lower max_new_tokens or shorten the prompt")
+        self.set = set_prompt(model, prefix, options, suffix, max_seq=T + n - 1)
+        super().__init__(model, [ids.tolist()], params, head)
+        self.history, self.cache_len = None, self.set.max_seq
+
+    def prompt(self) -> Prompt:
+        self.slot = self.set.ids.shape[1]
+        return self.set
 
 
 @torch.no_grad()
@@ -95,27 +114,4 @@ def generate_set(model, prefix: list[int], options: list[list[int]], suffix: lis
     Stops after the first token in ``params.stop_tokens`` (included in the result). Raises
     ValueError when the prompt or the generated positions would not fit in ``block_size``.
     """
-    params.validate()
-    ids, _, _ = set_prompt_inputs(prefix, options, suffix)
-    T, n, block = ids.shape[0], params.max_new_tokens, model.args.block_size
-    last = len(prefix) + max(len(o) for o in options) + len(suffix) - 1  # last position id
-    if last + n > block:
-        raise ValueError(f"set prompt ends at position {last}; {n} new tokens would run past the "
-                         f"model's context of {block} positions; lower max_new_tokens or shorten the prompt")
-    dev = next(model.parameters()).device
-    gen = None if params.seed is None else torch.Generator(device=dev).manual_seed(params.seed)
-    seen = None
-    if params.repetition_penalty != 1.0:
-        seen = torch.zeros(1, model.heads[head].vocab_size, dtype=torch.bool, device=dev)
-        seen[0, ids.to(dev)] = True
-    stop, out = set(params.stop_tokens), []
-    try:
-        h, state = set_prefill(model, prefix, options, suffix, max_seq=T + n - 1)
-        state.max_new = n
-        for tok in decode_n_tokens(model, h, state, params, n, head, gen, seen):
-            out.append(int(tok[0]))
-            if out[-1] in stop:
-                break
-    finally:
-        pass
-    return out
+    return [int(tok[0]) for tok in run(model, SetSchedule(model, prefix, options, suffix, params, head))]

@@ -1,11 +1,13 @@
-"""Layer skipping while decoding: the quality-for-speed trade of SkipDecode and FFN-SkipLLM.
+"""Layer skipping while decoding: an early-exit schedule in the spirit of SkipDecode, and FFN-SkipLLM.
 
-  * ``mode="exit"`` (SkipDecode, Del Corro et al. 2023): every decoded token leaves the
-    network after ``n_layers(t)`` layers, a schedule that falls linearly from all layers to
-    ``min_layers`` over the generation. All rows of the batch exit at the same layer for the
-    same step, and the exit layer never rises, so every later token only attends to layers
-    whose keys/values the earlier tokens did compute: the KV cache stays valid without any
-    copying (the SkipDecode argument).
+  * ``mode="early_exit"``: every decoded token leaves the network after its first
+    ``n_layers(t)`` layers (then the final norm and the head), a budget that falls linearly from
+    all layers to ``min_layers`` over the generation. The schedule is SkipDecode's (Del Corro et
+    al. 2023): one budget per step for the whole batch that never rises, so every later token
+    only attends to layers whose keys/values the earlier tokens did compute and the KV cache
+    stays valid without any copying. What differs: SkipDecode spends the budget on the TOP
+    layers, bypassing the lower ones (the layers that feed the head always run); this exits
+    early instead, dropping the top layers, with no training for it.
   * ``mode="ffn"`` (FFN-SkipLLM, Jaiswal et al. 2024): attention always runs, so the cache is
     complete; FFN blocks are skipped where they barely turn the residual stream. The first
     ``warmup`` tokens run in full and measure cos(FFN input, FFN output) per layer; after that,
@@ -24,9 +26,9 @@ import torch
 
 @dataclass
 class LayerSkip:
-    mode: str = "ffn"            # "ffn" | "exit"
-    min_layers: int = 2          # exit: the last tokens run this many layers
-    horizon: int | None = None   # exit: steps over which the schedule falls (default max_new_tokens)
+    mode: str = "ffn"            # "ffn" | "early_exit"
+    min_layers: int = 2          # early_exit: the last tokens run this many layers
+    horizon: int | None = None   # early_exit: steps over which the schedule falls (default max_new_tokens)
     threshold: float = 0.97      # ffn: skip an FFN whose mean cos(in, out) is above this
     warmup: int = 8              # ffn: tokens decoded in full to measure the similarities
     keep_first: int = 1
@@ -36,8 +38,8 @@ class LayerSkip:
     _sims: list = field(default_factory=list, repr=False)
 
     def validate(self, n_layer: int) -> "LayerSkip":
-        if self.mode not in ("ffn", "exit"):
-            raise ValueError(f"unknown layer-skip mode {self.mode!r}; choose 'ffn' or 'exit'")
+        if self.mode not in ("ffn", "early_exit"):
+            raise ValueError(f"unknown layer-skip mode {self.mode!r}; choose 'ffn' or 'early_exit'")
         if not 1 <= self.min_layers <= n_layer:
             raise ValueError(f"min_layers must be in [1, {n_layer}], got {self.min_layers}")
         if not -1 <= self.threshold <= 1:
@@ -48,14 +50,14 @@ class LayerSkip:
         self.skipped, self.layer_sims, self._sims = frozenset(), [], []
 
     def n_layers(self, step: int, n_layer: int, max_new: int) -> int:
-        """SkipDecode's linear exit schedule: n_layer at step 0, min_layers at the horizon."""
+        """SkipDecode's linear schedule, as an exit layer: n_layer at step 0, min_layers at the horizon."""
         horizon = max(1, (self.horizon or max_new) - 1)
         frac = min(1.0, step / horizon)
         return max(self.min_layers, round(n_layer - frac * (n_layer - self.min_layers)))
 
     def step_kwargs(self, step: int, n_layer: int, max_new: int) -> dict:
         """Backbone keyword arguments for decode step ``step`` (0 = the first decoded token)."""
-        if self.mode == "exit":
+        if self.mode == "early_exit":
             return {"n_layers": self.n_layers(step, n_layer, max_new)}
         if step < self.warmup:
             return {"mlp_sims": self._sims}

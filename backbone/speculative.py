@@ -10,11 +10,12 @@ Inference from Transformers via Speculative Decoding"; Chen et al. 2023):
     min(1, p(x)/q(x)); at the first rejection the token is drawn from norm(max(0, p - q)).
     Every emitted token is distributed exactly as the model's p.
 
-Batches with ragged prompts stay left-padded (as in ``generate``), and every row advances by
-its own accepted prefix: the KV cache is written at per-row slots (``KVCache.update`` with
-(B, T) positions) and each row's mask covers its own slots only. Rolling back a cache (ours
-and a draft model's) is free: rejected slots are overwritten by the next round. Tokens are
-queued per row and yielded as (B,) steps, like ``generate``.
+``DraftSchedule`` is a schedule of backbone/generate.py: the prompt minus its last token is
+prefilled; each round is a per-row feed (``Feed.slots``: rows stay left-padded, and every row
+advances by its own accepted prefix) and one sample of the LM head with the draft
+(``LMHead.sample(draft=...)`` -> ``accept``). Rolling back a cache (ours and a draft model's) is
+free: rejected slots are overwritten by the next round. Tokens are queued per row and yielded as
+(B,) steps, like ``generate``.
 
 Drafters (``drafters.py``) return ``Draft(tokens (B, g), lengths (B,), q (B, g, V) | None)``:
 q is None for deterministic drafts (one-hot q).
@@ -28,9 +29,135 @@ import torch
 from torch import Tensor
 
 from .drafters import Draft, DraftContext, PromptLookupDrafter
-from .generate import left_pad, prefill
-from .masks import build_mask
+from .generate import Feed, Prompt, Schedule, Step, left_pad, rows_step, run
 from .sampling import SamplingParams, process_logits
+
+
+class DraftSchedule(Schedule):
+    """One drafted generation. Samples are (out (B, 1+g), k (B,)) per round (see ``accept``);
+    ``ready()`` yields the (B,) steps that every unfinished row can supply so far.
+
+    rollback: BiLD's rollback policy (Kim et al. 2023, "Speculative Decoding with Big Little
+        Decoder"), greedy only and NOT exact: a draft token is kept while the model's
+        cross-entropy on it, -log p(x), is at most ``rollback`` nats, instead of only when it is
+        the argmax.
+    stats: receives rounds / drafted / accepted / emitted counts.
+    compile: verify with a static cache of block_size slots and a ``torch.compile``d forward;
+        drafts are padded to exactly gamma so every round has the same shapes (one compile).
+    """
+
+    def __init__(self, model, prompts: list[list[int]], params: SamplingParams, drafter, gamma: int = 4,
+                 head: str = "lm", pad_id: int = 0, device=None, rollback: float | None = None,
+                 stats: dict | None = None, compile: bool = False):
+        params.validate()
+        if params.repetition_penalty != 1.0:
+            raise ValueError("repetition_penalty is not supported with drafting (it changes p as tokens are accepted)")
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if rollback is not None and params.temperature != 0:
+            raise ValueError("the BiLD rollback policy is defined for greedy decoding (temperature 0)")
+        self.device = device or next(model.parameters()).device
+        ids, am = left_pad(prompts, pad_id)
+        self.ids, self.am = ids.to(self.device), am.to(self.device)
+        (B, P), block, n = ids.shape, model.args.block_size, params.max_new_tokens
+        if P + n + gamma > block:
+            raise ValueError(f"prompt ({P}) + max_new_tokens ({n}) + gamma ({gamma}) exceeds the context ({block})")
+        self.drafter, self.gamma, self.head, self.params, self.rollback = drafter, gamma, head, params, rollback
+        self.compile, self.max_new = compile, n
+        self.max_seq = block if compile else P + n + gamma
+        self.step_fn = compiled_verify(model) if compile else None
+        self.gen = torch.Generator(device=self.device).manual_seed(params.seed) if params.seed is not None else None
+        self.stats = stats if stats is not None else {}
+        self.stats.update(rounds=0, drafted=0, accepted=0, emitted=0)
+        self.stop = set(params.stop_tokens)
+        self.seq = torch.full((B, self.max_seq), pad_id, dtype=torch.long, device=self.device)  # row b's token per slot
+        self.seq[:, :P] = self.ids
+        self.key_valid = None
+        if bool((am == 0).any()):
+            self.key_valid = torch.ones(B, self.max_seq, dtype=torch.bool, device=self.device)
+            self.key_valid[:, :P] = self.am.bool()
+        self.histories = [list(p) for p in prompts]
+        self.queues = [deque() for _ in range(B)]   # tokens accepted but not yet yielded
+        self.have = [0] * B                         # tokens accepted per row
+        self.stopped = [False] * B                  # the row accepted a stop token: decode no further
+        self.finished = [False] * B                 # the row yielded its stop token
+        self.yielded = 0
+        self.slots = torch.full((B,), P - 1, dtype=torch.long, device=self.device)  # each row's pending slot
+        self.positions = self.am[:, :-1].sum(1)                                      # its position id
+        self.hidden: Tensor | None = None  # (B, D) the state that predicted each pending token
+        self.h: Tensor | None = None       # (B, 1+g, D) the states of the round just verified
+        self.draft: Draft | None = None
+        self.need: list[bool] = []
+
+    def prompt(self) -> Prompt:
+        """All but the last column: each row's last prompt token is pending, fed with the drafts."""
+        return Prompt(self.ids[:, :-1], self.am[:, :-1], self.max_seq, static=self.compile)
+
+    def next(self, h: Tensor) -> Step | Feed:
+        if self.draft is None:  # after the prefill: draft and verify the first round
+            self.hidden = h[:, -1] if h.shape[1] else None
+            return self._round()
+        self.h = h
+        return Step(self.head, h, {"params": self.params, "generator": self.gen, "draft": self.draft,
+                                   "rollback": self.rollback})
+
+    def feed(self, sample: tuple[Tensor, Tensor]) -> Feed | None:
+        """Queue every row's accepted tokens (up to a stop token and the budget); next round."""
+        out, k = sample
+        B = out.shape[0]
+        self.hidden = self.h[torch.arange(B, device=self.device), k]  # the state that predicted the new pending token
+        self.stats["rounds"] += 1
+        for b in range(B):
+            if not self.need[b]:
+                continue
+            toks = out[b, :int(k[b]) + 1].tolist()
+            hit = next((i for i, t in enumerate(toks) if t in self.stop), None)
+            if hit is not None:
+                toks, self.stopped[b] = toks[:hit + 1], True
+            self.stats["drafted"] += int(self.draft.lengths[b])
+            self.stats["accepted"] += int(k[b])
+            self.stats["emitted"] += len(toks)
+            self.queues[b].extend(toks)
+            self.histories[b].extend(toks)
+            self.have[b] += len(toks)
+            s0 = int(self.slots[b])
+            self.seq[b, s0 + 1:s0 + 1 + len(toks)] = torch.tensor(toks, device=self.device)
+            self.slots[b] += len(toks)
+            self.positions[b] += len(toks)
+        return self._round()
+
+    def _round(self) -> Feed | None:
+        """Draft up to gamma tokens per row (never past a row's budget) -> the feed that verifies
+        each row's pending token and drafts at its own slots; None once no row needs more."""
+        B, n = self.seq.shape[0], self.max_new
+        self.need = [not self.stopped[b] and self.have[b] < n for b in range(B)]
+        if not any(self.need):
+            return None
+        budget = torch.tensor([min(self.gamma, n - self.have[b] - 1) if self.need[b] else 0 for b in range(B)],
+                              device=self.device)
+        g_max = int(budget.max())
+        ctx = DraftContext(self.seq, self.slots, self.positions, self.key_valid, self.histories, self.hidden)
+        d = self.drafter(ctx, g_max, self.params, self.gen) if g_max > 0 else Draft.empty(B, self.device)
+        d.lengths = torch.minimum(d.lengths, budget)
+        if self.compile:  # fixed shapes: always gamma draft slots (the padding is never accepted)
+            d = d.padded(self.gamma)
+        self.draft = d
+        ar = torch.arange(1 + d.tokens.shape[1], device=self.device)
+        x = torch.cat([ctx.pending[:, None], d.tokens], 1)                                 # (B, 1+g)
+        return Feed(ids=x, slots=self.slots[:, None] + ar, positions=self.positions[:, None] + ar)
+
+    def ready(self) -> Iterator[Tensor]:
+        """Yield every (B,) step that all unfinished rows can supply (-1 for finished rows)."""
+        while self.yielded < self.max_new:
+            live = [b for b, f in enumerate(self.finished) if not f]
+            if not live or any(not self.queues[b] for b in live):
+                return
+            step = [-1] * len(self.finished)
+            for b in live:
+                step[b] = self.queues[b].popleft()
+                self.finished[b] = step[b] in self.stop
+            yield torch.tensor(step, device=self.device)
+            self.yielded += 1
 
 
 @torch.no_grad()
@@ -42,127 +169,24 @@ def generate_drafted(model, prompts: list[list[int]], params: SamplingParams, dr
 
     Same contract as ``generate``: rows that hit a stop token yield -1 afterwards, the loop
     ends when every row stops or after ``max_new_tokens``; seeded sampling. The context must
-    hold the longest prompt + max_new_tokens + gamma (no sliding window).
-
-    rollback: BiLD's rollback policy (Kim et al. 2023), greedy only and NOT exact: a draft
-        token is kept while the model's cross-entropy on it, -log p(x), is at most
-        ``rollback`` nats, instead of only when it is the argmax.
-    stats: optional dict; receives rounds / drafted / accepted / emitted counts.
-    compile: verify with a static cache of block_size slots and a ``torch.compile``d forward;
-        drafts are padded to exactly gamma so every round has the same shapes (one compile).
+    hold the longest prompt + max_new_tokens + gamma (no sliding window). ``drafter`` defaults
+    to prompt lookup; rollback / stats / compile: see ``DraftSchedule``.
     """
-    params.validate()
-    if params.repetition_penalty != 1.0:
-        raise ValueError("repetition_penalty is not supported with drafting (it changes p as tokens are accepted)")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    if rollback is not None and params.temperature != 0:
-        raise ValueError("the BiLD rollback policy is defined for greedy decoding (temperature 0)")
     drafter = drafter or PromptLookupDrafter()
-    device = device or next(model.parameters()).device
-    ids, am = left_pad(prompts, pad_id)
-    ids, am = ids.to(device), am.to(device)
-    (B, P), block, n = ids.shape, model.args.block_size, params.max_new_tokens
-    if P + n + gamma > block:
-        raise ValueError(f"prompt ({P}) + max_new_tokens ({n}) + gamma ({gamma}) exceeds the context ({block})")
-    max_seq = block if compile else P + n + gamma
-    verify = compiled_verify(model) if compile else verify_step
-    lm, bb = model.heads[head], model.backbone
-    gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
-    stats = stats if stats is not None else {}
-    stats.update(rounds=0, drafted=0, accepted=0, emitted=0)
-    stop = set(params.stop_tokens)
-    seq = torch.full((B, max_seq), pad_id, dtype=torch.long, device=device)  # row b's token at each slot
-    seq[:, :P] = ids
-    key_valid = None
-    if bool((am == 0).any()):
-        key_valid = torch.ones(B, max_seq, dtype=torch.bool, device=device)
-        key_valid[:, :P] = am.bool()
-    histories = [list(p) for p in prompts]
-    queues = [deque() for _ in range(B)]   # tokens accepted but not yet yielded
-    have = [0] * B                         # tokens accepted per row
-    stopped = [False] * B                  # the row accepted a stop token: decode no further
-    finished = [False] * B                 # the row yielded its stop token
-    ar = torch.arange(max_seq, device=device)
+    schedule = DraftSchedule(model, prompts, params, drafter, gamma, head, pad_id, device, rollback, stats, compile)
+    drafter.reset(schedule.seq.shape[0], schedule.max_seq, schedule.device)
     try:
-        # 1. prefill all but the last column: the last prompt token is "pending", fed with the drafts
-        hidden = None
-        if P > 1:
-            hidden, state = prefill(model, ids[:, :-1], am[:, :-1], max_seq, static=compile)
-            cache = state.cache
-        else:
-            cache = bb.new_cache(B, max_seq, device=device, static=compile)
-        slots = torch.full((B,), P - 1, dtype=torch.long, device=device)  # each row's pending slot
-        positions = am[:, :-1].sum(1)                                      # its position id
-        drafter.reset(B, max_seq, device)
-        yielded = 0
-        while yielded < n:
-            need = [not stopped[b] and have[b] < n for b in range(B)]
-            if any(need):
-                # 2. draft up to gamma tokens per row, never past a row's token budget
-                budget = torch.tensor([min(gamma, n - have[b] - 1) if need[b] else 0 for b in range(B)], device=device)
-                g_max = int(budget.max())
-                ctx = DraftContext(seq, slots, positions, key_valid, histories, hidden)
-                d = drafter(ctx, g_max, params, gen) if g_max > 0 else Draft.empty(B, device)
-                d.lengths = torch.minimum(d.lengths, budget)
-                if compile:  # fixed shapes: always gamma draft slots (the padding is never accepted)
-                    d = d.padded(gamma)
-                g = d.tokens.shape[1]
-                # 3. verify pending + drafts in one forward, each row at its own slots
-                q_slots = slots[:, None] + ar[:1 + g]                                  # (B, 1+g)
-                S = max_seq if compile else int(q_slots.max()) + 1
-                mask = build_mask(q_slots, ar[:S], None if key_valid is None else key_valid[:, :S])
-                x = torch.cat([seq.gather(1, slots[:, None]), d.tokens], 1)            # (B, 1+g)
-                h, logits = verify(bb, lm, x, positions[:, None] + ar[:1 + g], q_slots, mask, cache)
-                # 4. per row: accepted prefix length k and the model's own token at k
-                out, k = accept(logits, d, params, gen, rollback)                     # (B, 1+g), (B,)
-                hidden = h[torch.arange(B, device=device), k]       # the state that predicted the new pending token
-                stats["rounds"] += 1
-                for b in range(B):
-                    if not need[b]:
-                        continue
-                    toks = out[b, :int(k[b]) + 1].tolist()
-                    hit = next((i for i, t in enumerate(toks) if t in stop), None)
-                    if hit is not None:
-                        toks, stopped[b] = toks[:hit + 1], True
-                    stats["drafted"] += int(d.lengths[b])
-                    stats["accepted"] += int(k[b])
-                    stats["emitted"] += len(toks)
-                    queues[b].extend(toks)
-                    histories[b].extend(toks)
-                    have[b] += len(toks)
-                    s0 = int(slots[b])
-                    seq[b, s0 + 1:s0 + 1 + len(toks)] = torch.tensor(toks, device=device)
-                    slots[b] += len(toks)
-                    positions[b] += len(toks)
-            # 5. yield every step that all unfinished rows can supply
-            while yielded < n:
-                live = [b for b in range(B) if not finished[b]]
-                if not live or any(not queues[b] for b in live):
-                    break
-                step = [-1] * B
-                for b in live:
-                    step[b] = queues[b].popleft()
-                    finished[b] = step[b] in stop
-                yield torch.tensor(step, device=device)
-                yielded += 1
-            if all(finished):
-                return
+        for _ in run(model, schedule):
+            yield from schedule.ready()
     finally:
         drafter.close()
 
 
-def verify_step(bb, lm, x: Tensor, positions: Tensor, q_slots: Tensor, mask: Tensor, cache) -> tuple[Tensor, Tensor]:
-    """x, positions, q_slots (B, 1+g) -> hidden states (B, 1+g, D) and logits (B, 1+g, V)."""
-    h = bb(input_ids=x, positions=positions, mask=mask, input_pos=q_slots, cache=cache)
-    return h, lm(h)
-
-
 def compiled_verify(model):
-    """``torch.compile`` of verify_step, built once per model (static cache, fixed gamma)."""
+    """``torch.compile`` of ``rows_step``, built once per model (static cache, fixed gamma)."""
     fn = getattr(model, "_compiled_verify", None)
     if fn is None:
-        fn = torch.compile(verify_step, dynamic=False)
+        fn = torch.compile(rows_step, dynamic=False)
         model._compiled_verify = fn
     return fn
 

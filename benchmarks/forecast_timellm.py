@@ -1,5 +1,5 @@
 """ETTh1, Time-LLM ablation: reprogram the FROZEN text model (assets/text-fortunes-bpe) for
-forecasting (heads/reprogram.py; Jin et al. 2024), against the shipped AutoTimes-style model
+forecasting (benchmarks/baselines/timellm.py; Jin et al. 2024), against the shipped AutoTimes-style model
 (assets/forecast-etth1, a backbone trained on series) and seasonal naive, in the same run.
 
 Protocol of benchmarks/forecast_etth1.py: lookback 672, horizons 96/192/336/720, MSE/MAE on data
@@ -29,12 +29,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from apps.forecast.model import Forecaster, ett_series  # noqa: E402
+from apps.forecast.model import Forecaster  # noqa: E402
+from apps.forecast.recipe import ett_series  # noqa: E402
 from backbone.container import OmniModel  # noqa: E402
 from backbone.train import TrainConfig, lr_at, make_optimizers  # noqa: E402
 from benchmarks import common  # noqa: E402
+from benchmarks.baselines.timellm import TimeLLM  # noqa: E402
 from benchmarks.forecast_etth1 import DATA, HORIZONS, LOOKBACK, windows  # noqa: E402
-from heads.reprogram import TimeLLM  # noqa: E402
 from modalities.text import load_tokenizer  # noqa: E402
 
 MAX_H = max(HORIZONS)

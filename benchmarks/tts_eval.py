@@ -9,9 +9,9 @@ Systems, all on the held-out sentences of the corpus test split (training speake
   ralle      assets/speech-tts (prosody chain of thought, duration-guided masking, duration stop)
 
 Metrics:
-  * WER by PocketSphinx with a JSGF word loop over the test vocabulary (modalities/speech_asr.py);
+  * WER by PocketSphinx with a JSGF word loop over the test vocabulary (benchmarks/metrics/speech_asr.py);
   * PER by the CTC phoneme recogniser trained on espeak-ng reference audio only (assets/speech-ctc);
-  * hard set (modalities/speech_hard.py, 50 sentences): skipped words (deletions) and repeated or
+  * hard set (benchmarks/metrics/speech_hard.py, 50 sentences): skipped words (deletions) and repeated or
     inserted words (insertions) against the reference audio's own counts, and sentences with any;
   * duration / pitch token accuracy of the RALL-E model, teacher-forced on the test split, against
     a per-phoneme majority baseline from the training split;
@@ -37,8 +37,9 @@ from apps.tts.model import SpeechModel  # noqa: E402
 from apps.tts.recipe import SpeechData  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
 from modalities.speech import ar_mask, ar_row  # noqa: E402
-from modalities.speech_asr import CTCRecognizer, edit_ops, normalize_words, phoneme_error_rate, pocketsphinx_wer  # noqa: E402
-from modalities.speech_checks import SpeakerEncoder, calibrate  # noqa: E402
+from benchmarks.metrics.speech_asr import edit_ops, normalize_words, phoneme_error_rate, pocketsphinx_wer  # noqa: E402
+from benchmarks.metrics.speech_checks import SpeakerEncoder, calibrate  # noqa: E402
+from modalities.speech_align import CTCRecognizer  # noqa: E402
 from modalities.speech_corpus import Corpus  # noqa: E402
 
 
@@ -136,6 +137,9 @@ def main(argv=None) -> dict:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     corpus = Corpus(a.corpus)
+    if a.n_hard and not corpus.rows("hard"):
+        raise SystemExit(f"{a.corpus} has no hard split: build the corpus with it, "
+                         f"python -m benchmarks.metrics.speech_hard --out {a.corpus} --n-train 6000")
     ctc = CTCRecognizer.from_pretrained(a.ctc)
     models = {"valle": SpeechModel.from_pretrained(a.valle, codec=a.codec, aligner=a.ctc),
               "ralle": SpeechModel.from_pretrained(a.ralle, codec=a.codec, aligner=a.ctc)}

@@ -8,6 +8,9 @@ into a token, which is fed back to draft the one after. Trained by distillation 
 frozen model (soft cross-entropy against the model's next-token distribution, plus a
 smooth-L1 feature loss as in EAGLE), unrolled over a few steps so it learns to run on its own
 predictions. Speculative verification keeps the output exact whatever the head predicts.
+
+The head uses the model's token embedding and LM head without owning them: the container hands
+them over (``attach``), kept outside the module tree so no parameter is registered twice.
 """
 from __future__ import annotations
 
@@ -31,12 +34,14 @@ class ResMLP(nn.Module):
 
 
 class DraftHead(nn.Module):
-    """(f_t (B, D), e(x_{t+1}) (B, D)) -> predicted f_{t+1} (B, D), in the backbone's output space."""
+    """(f_t (B, D), e(x_{t+1}) (B, D)) -> predicted f_{t+1} (B, D), in the backbone's output space.
+    ``lm_head``: the name of the model's LM head that turns predicted states into tokens."""
 
     def __init__(self, dim: int, vocab_size: int, n_blocks: int = 2, hidden: int | None = None,
                  unroll: int = 3, feature_weight: float = 1.0, lm_head: str = "lm"):
         super().__init__()
-        self.distills = lm_head  # OmniModel.forward passes this LM head (and the embedding) to loss()
+        self.lm_head = lm_head
+        self.shared: tuple[nn.Module, nn.Module] | None = None  # (token embedding, LM head), see attach
         self.vocab_size, self.unroll, self.feature_weight = vocab_size, unroll, feature_weight
         self.fuse = nn.Linear(2 * dim, dim)
         self.blocks = nn.ModuleList(ResMLP(dim, hidden or 2 * dim) for _ in range(n_blocks))
@@ -52,14 +57,25 @@ class DraftHead(nn.Module):
             x = blk(x)
         return x
 
-    def loss(self, h: Tensor, ids: Tensor, embed: nn.Module, lm: nn.Module) -> Tensor:
-        """h (B, T, D) frozen backbone states for ids (B, T); embed/lm the frozen model's parts.
+    def attach(self, model):
+        """Keep references to the model's token embedding and LM head (a plain tuple attribute: they
+        stay the model's parameters, saved once under their own names)."""
+        self.shared = (model.backbone.tok_embeddings, model.heads[self.lm_head])
+
+    def _parts(self) -> tuple[nn.Module, nn.Module]:
+        if self.shared is None:
+            raise RuntimeError("the draft head is not attached to a model (OmniModel.add_head attaches it)")
+        return self.shared
+
+    def loss(self, h: Tensor, target: Tensor) -> Tensor:
+        """h (B, T, D) frozen backbone states for the token ids ``target`` (B, T) that produced them.
 
         Step j predicts the state at t+j+1 from the (predicted, for j > 0) state at t+j and the
         true token x_{t+j+1}. Loss per step: soft CE against the model's own next-token
         distribution at t+j+1 + ``feature_weight`` * smooth-L1 to its state.
         """
-        T = h.shape[1]
+        embed, lm = self._parts()
+        ids, T = target, h.shape[1]
         f, total = h[:, :-1], 0.0
         for j in range(min(self.unroll, T - 1)):
             Tj = T - 1 - j
@@ -71,17 +87,18 @@ class DraftHead(nn.Module):
         return total / min(self.unroll, T - 1)
 
     @torch.no_grad()
-    def draft(self, hidden: Tensor, token: Tensor, embed: nn.Module, lm: nn.Module, gamma: int,
-              params: SamplingParams | None = None, gen=None,
-              fallback: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-        """hidden (B, D): state that predicted ``token`` (B,). Returns tokens (B, g), lengths (B,)
-        and q (B, g, V) draft probabilities (None when greedy: one-hot drafts), g <= gamma.
+    def sample(self, h: Tensor, token: Tensor, gamma: int, params: SamplingParams | None = None,
+               generator: torch.Generator | None = None,
+               fallback: float | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The head's draft. h (B, D): the state that predicted ``token`` (B,). Returns tokens (B, g),
+        lengths (B,) and q (B, g, V) draft probabilities (None when greedy: one-hot drafts), g <= gamma.
 
         fallback: as BiLD's policy, a row stops drafting once the head's top probability drops
         below this; drafting ends when every row has stopped.
         """
+        embed, lm = self._parts()
         greedy = params is None or params.temperature == 0
-        f, tok, out, qs = hidden, token, [], []
+        f, tok, out, qs = h, token, [], []
         alive = torch.ones_like(token, dtype=torch.bool)
         lengths = torch.zeros_like(token)
         for _ in range(gamma):
@@ -92,7 +109,7 @@ class DraftHead(nn.Module):
             else:
                 q = process_logits(logits, params) if not greedy else logits.double()
                 q = q.softmax(-1)
-                tok = q.argmax(-1) if greedy else torch.multinomial(q, 1, generator=gen)[:, 0]
+                tok = q.argmax(-1) if greedy else torch.multinomial(q, 1, generator=generator)[:, 0]
                 if fallback is not None:
                     alive &= q.max(-1).values >= fallback
                     if not bool(alive.any()):

@@ -3,7 +3,8 @@ tokens, and a quantile head that predicts the next segment from each hidden stat
 
 The head outputs Q quantiles for each of the S points of the next segment and is trained with
 the pinball (quantile) loss, so one forward gives a median and prediction intervals; longer
-horizons are reached by feeding the median back, segment by segment.
+horizons are reached by feeding the median back, segment by segment (the rollout schedule in
+apps/forecast/model.py).
 """
 from __future__ import annotations
 
@@ -39,11 +40,15 @@ class SegmentEmbed(nn.Module):
 
 
 class QuantileHead(nn.Module):
-    """h (..., D) -> quantiles of the next segment (..., S, Q), sorted along Q."""
+    """h (..., D) -> quantiles of the next segment (..., S, Q), sorted along Q.
+    ``loss(h, target)``: the pinball loss; ``sample(h)``: the quantiles themselves (a rollout feeds
+    back ``[..., mid]``, the median)."""
 
     def __init__(self, dim: int, seg_len: int, quantiles: tuple[float, ...] = DEFAULT_QUANTILES):
         super().__init__()
         self.seg_len, self.quantiles = seg_len, tuple(quantiles)
+        # the index of the median: the 0.5 quantile, or the one nearest to it
+        self.mid = min(range(len(self.quantiles)), key=lambda j: abs(self.quantiles[j] - 0.5))
         self.register_buffer("q", torch.tensor(self.quantiles), persistent=False)
         self.proj = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, seg_len * len(self.quantiles)))
 
@@ -61,9 +66,6 @@ class QuantileHead(nn.Module):
         return pin.sum() / (obs.sum() * len(self.quantiles)).clamp(min=1)
 
     @torch.no_grad()
-    def median(self, h: Tensor) -> Tensor:
-        """h (..., D) -> (..., S): the 0.5 quantile (or the middle one)."""
-        y = self(h)
-        i = min(range(len(self.quantiles)), key=lambda j: abs(self.quantiles[j] - 0.5))
-        return y[..., i]
-
+    def sample(self, h: Tensor) -> Tensor:
+        """h (..., D) -> the next segment's quantiles (..., S, Q): the forecast head's sample."""
+        return self(h)

@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from backbone.drafters import Draft
 from backbone.sampling import SamplingParams, sample_from_logits
+from backbone.speculative import accept
 
 
 class LMHead(nn.Module):
     """Linear map (D -> V). ``tie=True`` shares the weight with the backbone's token
-    embedding (Press & Wolf 2017); the container does the tying after construction."""
+    embedding (Press & Wolf 2017): ``attach``, called by the container after construction."""
 
     def __init__(self, dim: int, vocab_size: int, tie: bool = True, bias: bool = False, emo: bool = False):
         super().__init__()
@@ -22,6 +24,11 @@ class LMHead(nn.Module):
             nn.init.zeros_(self.proj.bias)
         if emo:  # EMO's transport cost comes from a frozen copy of the (pretrained) output embeddings
             self.register_buffer("cost_embedding", torch.zeros(vocab_size, dim))
+
+    def attach(self, model):
+        """Take what this head shares with the model (backbone/container.py): the tied weight."""
+        if self.tie:
+            self.proj.weight = model.backbone.tok_embeddings.weight
 
     @torch.no_grad()
     def freeze_cost_embedding(self):
@@ -62,11 +69,23 @@ class LMHead(nn.Module):
     @torch.no_grad()
     def sample(self, h: Tensor, params: SamplingParams | None = None,
                generator: torch.Generator | None = None, seen: Tensor | None = None,
-               allowed: Tensor | None = None) -> Tensor:
+               allowed: Tensor | None = None, draft: Draft | None = None, rollback: float | None = None,
+               candidates: int = 0):
         """h (B, D) -> next token ids (B,). ``seen`` (B, V) bool for the repetition penalty.
         ``allowed`` (V,) or (B, V) bool: the only ids that may be drawn (a schedule's sub-vocabulary,
-        e.g. RALL-E's duration bins while it writes durations)."""
+        e.g. RALL-E's duration bins while it writes durations).
+
+        ``draft`` (g tokens per row): speculative acceptance instead (backbone/speculative.py). h
+        (B, 1+g, D) are the states of each row's pending token and its drafts -> (tokens (B, 1+g),
+        k (B,)): row b keeps its first k[b] drafts, then tokens[b, k[b]] is the model's own token;
+        every token is distributed as a plain sample (``rollback``: BiLD's inexact greedy policy).
+        ``candidates`` k > 0: contrastive search's candidates instead (backbone/contrastive.py), the
+        k most likely ids -> (probabilities (B, k) float32, ids (B, k))."""
         logits = self(h)
+        if draft is not None:
+            return accept(logits, draft, params or SamplingParams(), generator, rollback)
+        if candidates:
+            return logits.float().softmax(-1).topk(candidates, dim=-1)
         if allowed is not None:
             logits = logits.float().masked_fill(~allowed, float("-inf"))
         return sample_from_logits(logits, params or SamplingParams(), generator, seen)

@@ -18,14 +18,25 @@ are tokens of their own, written with a ``_sg`` suffix inside the tokenizer only
 """
 from __future__ import annotations
 
+import csv
 import functools
+import hashlib
 import json
+import math
 import os
 import re
+import sys
 import warnings
 from pathlib import Path
 
-from modalities.text import TOKENIZER_FILE
+from tqdm import tqdm
+
+from backbone.container import atomic_write_text
+
+# pymatgen and spglib are imported where they are used: they take seconds to load, and the
+# tokenizer and the prompts work without them.
+
+TOKENIZER_FILE = "tokenizer.json"  # what modalities/text.load_tokenizer reads (text.py imports this module)
 
 SG_KEY = "_symmetry_space_group_name_H-M"
 HEADER_KEYS = [SG_KEY, "_cell_length_a", "_cell_length_b", "_cell_length_c", "_cell_angle_alpha",
@@ -181,7 +192,6 @@ def restore_symmetry_ops(text: str) -> str:
 
 def fix_volume(text: str, decimals: int = 4) -> str:
     """Rewrite ``_cell_volume`` from a, b, c and the angles (unchanged if they do not parse)."""
-    import math
     try:
         a, b, c, al, be, ga = (float(re.search(rf"^{k} (\S+)$", text, re.M).group(1)) for k in HEADER_KEYS[1:7])
     except (AttributeError, ValueError):
@@ -304,7 +314,6 @@ class CIFTokenizer:
 
 def read_cif_csv(path: str | os.PathLike, column: str = "cif") -> list[str]:
     """The CIF strings of a CDVAE-style CSV (one structure per row, in column ``column``)."""
-    import csv
     csv.field_size_limit(1 << 30)
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -321,14 +330,11 @@ def cif_corpus(files: list[str | os.PathLike], props: bool = False, symprec: flo
     ~20 ms a structure, so the result is cached under ``cache_dir`` keyed by the files' paths,
     sizes and modification times and the options.
     """
-    import hashlib
-    import sys
     key = hashlib.sha1(json.dumps([[str(Path(f).resolve()), os.path.getsize(f), os.path.getmtime(f)]
                                    for f in files] + [props, symprec, 1]).encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"cif-{key}.json" if cache_dir else None
     if cache and cache.is_file():
         return json.loads(cache.read_text())
-    from tqdm import tqdm
     out, bad = [], 0
     for f in files:
         for cif in tqdm(read_cif_csv(f), desc=f"preprocessing {Path(f).parent.name}/{Path(f).name}",
@@ -340,7 +346,6 @@ def cif_corpus(files: list[str | os.PathLike], props: bool = False, symprec: flo
     if bad:
         print(f"skipped {bad} structures pymatgen could not read or symmetrise", file=sys.stderr)
     if cache:
-        from backbone.container import atomic_write_text
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps(out))
     return out

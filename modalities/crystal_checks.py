@@ -24,7 +24,11 @@ import re
 import warnings
 from dataclasses import dataclass, field
 
-from modalities.crystal import SG_KEY, SITE_KEYS, cif_to_structure
+import numpy as np
+
+from modalities.crystal import SG_KEY, SITE_KEYS, cif_to_structure, parse_composition
+
+# pymatgen is imported where it is used: it takes seconds to load.
 
 CELL_LENGTH = (1.0, 100.0)    # Å
 CELL_ANGLE = (20.0, 160.0)    # degrees
@@ -71,7 +75,6 @@ def _site_rows(text: str) -> list[list[str]]:
 
 def _composition(formula: str):
     from pymatgen.core import Composition
-    from modalities.crystal import parse_composition
     f = formula.replace(" ", "")
     return parse_composition(f) if re.fullmatch(r"([A-Z][a-z]?\d*)+", f) else Composition(formula)
 
@@ -82,7 +85,6 @@ def nearest_neighbour_ratios(structure):
     The expected length sums ionic radii across an electronegativity gap >= 1.7, else atomic
     radii (CrystaLLM's rule). Vectorised over pymatgen's periodic neighbour list.
     """
-    import numpy as np
     from pymatgen.core import Element
     n = len(structure)
     cut = max(6.0, 3.0 * (structure.volume / max(n, 1)) ** (1 / 3))

@@ -103,3 +103,12 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     if a.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels, got {a.dtype}")
     return torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)
+
+
+def digits_data(n: int, split: str, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """n digits drawn (with replacement) from a split -> (images (n, 1, 8, 8) in [0, 1], prompts,
+    captions), both "the digit 7"."""
+    images, labels = load_split(split)
+    idx = np.random.default_rng(seed).integers(len(labels), size=n)
+    caps = [caption(int(y)) for y in labels[idx]]
+    return to_tensor(images[idx]), caps, caps

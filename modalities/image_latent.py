@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from modalities.image import PatchTokenizer, grid
+from modalities.image_shapes import shapes_data
 
 TOKENIZER_FILE = "tokenizer.json"   # patch / size / sample, next to diffusers' config.json
 
@@ -151,7 +152,7 @@ class LatentTokenizer:
     def from_pretrained(cls, folder, device=None, **overrides) -> "LatentTokenizer":
         """Load a local diffusers ``AutoencoderKL`` folder (never the hub); tokenizer.json, if
         present, gives patch / size / sample, and keyword ``overrides`` win over it."""
-        from diffusers import AutoencoderKL
+        from diffusers import AutoencoderKL  # heavy and optional: only latent models need it
         folder = Path(folder)
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder / 'config.json'} not found: not a diffusers AutoencoderKL folder "
@@ -172,7 +173,7 @@ def train_autoencoder(images_fn, steps: int, out=None, lr: float = 1e-3, kl_weig
     ratio of LDM's summed losses). Then scaling_factor = 1 / std of 8 held-aside batches (seeds
     from seed * 1_000_003 + 1_000_000) of posterior-mean latents. Saved to ``out`` (atomic) if
     given. The result's ``.train_log`` holds (step, loss, l1, kl) per step."""
-    from diffusers import AutoencoderKL
+    from diffusers import AutoencoderKL  # heavy and optional: only latent models need it
     torch.manual_seed(seed)
     probe = images_fn(2, seed)
     if config is None:
@@ -227,7 +228,6 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args(argv)
-    from apps.t2i.data import shapes_data
     cfg = small_autoencoder_config(32, 3, a.latent_channels, a.down, a.width, not a.no_attention)
     tok = train_autoencoder(lambda n, s: shapes_data(n, "train", s)[0], a.steps, a.out, a.lr, a.kl_weight, a.seed,
                             a.device, a.batch_size, cfg, a.patch, log_every=max(1, a.steps // 20))

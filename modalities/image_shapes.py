@@ -34,6 +34,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 SIZE = 32                                    # image side, px
 BACKGROUND = (255, 255, 255)                 # white
@@ -312,6 +313,14 @@ def make_scenes(n: int, split: str = "train", seed: int = 0,
             continue
         out.append((shown, scene, render(scene, rng)[0]))
     return out
+
+
+def shapes_data(n: int, split: str, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    """n fresh scenes as model data -> (images (n, 3, 32, 32) float in [0, 1], prompts, full
+    captions). Captioning targets name every colour; prompts are written as users write them."""
+    scenes = make_scenes(n, split, seed)
+    images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
+    return images, [caption(shown) for shown, _, _ in scenes], [caption(scene) for _, scene, _ in scenes]
 
 
 def make_dataset(n: int, split: str = "train", seed: int = 0, tasks: tuple[str, ...] = TASKS,

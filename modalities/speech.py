@@ -24,9 +24,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
+
+from backbone.sequence import Segment
 
 PAD, BOS, PROS, SOS, EOS = 0, 1, 2, 3, 4
 N_SPECIAL = 5
@@ -212,8 +213,8 @@ class CodecEmbed(nn.Module):
     """NAR frame inputs: sum of the code embeddings of the given levels plus the embedding of the
     level to predict (VALL-E's NAR conditions on the codebook index).
 
-    raw = {"codes": (B, T, n_q) long, -1 where a level is absent, "level": (B, T) long, 0 = none}
-    -> (B, T, D)."""
+    raw = (codes (B, T, n_q) long, -1 where a level is absent; level (B, T) long, 0 = none), the
+    tuple ``pack`` gives for the segments of ``nar_row`` -> (B, T, D)."""
 
     def __init__(self, n_q: int, bins: int, dim: int):
         super().__init__()
@@ -223,24 +224,38 @@ class CodecEmbed(nn.Module):
         nn.init.normal_(self.codes.weight, std=0.02)
         nn.init.normal_(self.level.weight, std=0.02)
 
-    def forward(self, raw: dict) -> Tensor:
-        codes, level = raw["codes"], raw["level"]
+    def forward(self, raw: tuple[Tensor, Tensor]) -> Tensor:
+        codes, level = raw
         present = codes >= 0
         ids = codes.clamp(min=0) + torch.arange(self.n_q, device=codes.device) * self.bins   # (B, T, n_q)
         x = (self.codes(ids) * present.unsqueeze(-1).to(self.codes.weight.dtype)).sum(-2)   # (B, T, D)
         return x + self.level(level) * (level > 0).unsqueeze(-1).to(x.dtype)
 
 
-def nar_row(ph_ids: list[int], codes: np.ndarray, level: int, n_prompt: int) -> tuple[list[int], Tensor, Tensor, int]:
-    """One NAR row: ids (<bos> phonemes <sos> then frame slots), the adapter's codes (T, n_q) and
-    level (T,), and the index of the first frame. Frames < n_prompt keep every level (the
-    acoustic prompt); the rest carry levels < ``level``. codes (n_q, F) ints."""
+def ar_segments(lay: ARLayout) -> list[Segment]:
+    """An AR row as segments: the LM head predicts the prosody tokens, the codes and <eos>, each
+    from the position before; <bos>, the phonemes, <pros> and <sos> are given, never predicted.
+    The row's attention (prefix-LM, RALL-E's duration window) is ``ar_mask``, not block ids."""
+    ids, segs = lay.ids, [Segment(lay.ids[:lay.n_ph + 1], kind="phonemes")]
+    if lay.pros0 >= 0:
+        segs += [Segment(ids[lay.n_ph + 1:lay.pros0]), Segment(ids[lay.pros0:lay.sos], kind="prosody", head="lm")]
+    return segs + [Segment(ids[lay.sos:lay.sos + 1]), Segment(ids[lay.sos + 1:], kind="codes", head="lm")]
+
+
+def nar_row(ph_ids: list[int], codes, level: int, n_prompt: int, bins: int | None = None) -> list[Segment]:
+    """One NAR row as segments: <bos> phonemes <sos> (tokens), then one slot per frame whose input
+    is the ``codes`` adapter's (CodecEmbed): frames < n_prompt keep every level (the acoustic
+    prompt), the rest carry levels < ``level`` and the level to predict. codes (n_q, F) ints.
+    With ``bins`` (training), the frames from n_prompt on are the "nar" head's targets, predicted
+    at their own positions: (level - 1) * bins + code. The whole row is one bidirectional block."""
+    codes = torch.as_tensor(codes, dtype=torch.long)
     n_q, F = codes.shape
-    ids = [BOS] + ph_ids + [SOS] + [PAD] * F
-    f0 = len(ph_ids) + 2
-    c = torch.full((len(ids), n_q), -1, dtype=torch.long)
-    lv = torch.zeros(len(ids), dtype=torch.long)
-    c[f0:f0 + n_prompt] = torch.as_tensor(codes[:, :n_prompt].T, dtype=torch.long)
-    c[f0 + n_prompt:, :level] = torch.as_tensor(codes[:level, n_prompt:].T, dtype=torch.long)
-    lv[f0 + n_prompt:] = level
-    return ids, c, lv, f0
+    c = torch.full((F, n_q), -1, dtype=torch.long)
+    lv = torch.zeros(F, dtype=torch.long)
+    c[:n_prompt] = codes[:, :n_prompt].T
+    c[n_prompt:, :level] = codes[:level, n_prompt:].T
+    lv[n_prompt:] = level
+    head = {} if bins is None else dict(head="nar", target=(level - 1) * bins + codes[level], shift=0,
+                                        scored=torch.arange(F) >= n_prompt)
+    return [Segment([BOS] + ph_ids + [SOS], kind="phonemes"),
+            Segment([PAD] * F, kind="codes", adapter="codes", values=(c, lv), fills=(-1, 0), **head)]

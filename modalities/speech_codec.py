@@ -21,11 +21,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torchaudio
+from encodec.model import EncodecModel
+from encodec.modules import SEANetDecoder, SEANetEncoder
+from encodec.quantization import ResidualVectorQuantizer
+from safetensors.torch import load_file, load_model, save_model
 from torch import Tensor, nn
+
+from modalities.speech_corpus import SAMPLE_RATE
 
 DEFAULTS = dict(sample_rate=16000, n_filters=16, dimension=64, ratios=[8, 5, 4, 2], n_q=6, bins=512,
                 lstm=2, causal=False, norm="weight_norm", dead_code=0.25,
@@ -36,10 +44,6 @@ OFFICIAL_24KHZ = dict(sample_rate=24000, n_filters=32, dimension=128, ratios=[8,
 
 
 def _build(c: dict):
-    import warnings
-    from encodec.model import EncodecModel
-    from encodec.modules import SEANetDecoder, SEANetEncoder
-    from encodec.quantization import ResidualVectorQuantizer
     kw = dict(channels=1, dimension=c["dimension"], n_filters=c["n_filters"], ratios=list(c["ratios"]),
               lstm=c["lstm"], causal=c["causal"], norm=c["norm"])
     with warnings.catch_warnings():   # encodec uses the deprecated torch.nn.utils.weight_norm
@@ -106,7 +110,6 @@ class Codec(nn.Module):
         Magnitudes are floored at ``mel_floor`` (-40 dB under a typical speech bin) before the log:
         espeak-ng writes exact digital silence, and with a tiny floor the loss was dominated by
         how silent the silence is (batch-to-batch loss swings of 2x) rather than by the speech."""
-        import torchaudio
         if self._mels is None:
             self._mels = [torchaudio.transforms.MelSpectrogram(self.sample_rate, n_fft=n, hop_length=n // 4,
                                                                n_mels=min(80, n // 8), power=1.0).to(x.device)
@@ -129,7 +132,6 @@ class Codec(nn.Module):
 
     # ---- folders ---------------------------------------------------------------------------
     def save_pretrained(self, folder, tokenizer=None) -> Path:
-        from safetensors.torch import save_model
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(self, str(folder / "model.safetensors.tmp"))
@@ -140,7 +142,6 @@ class Codec(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, device=None) -> "Codec":
-        from safetensors.torch import load_model
         folder = Path(folder)
         for f in ("config.json", "model.safetensors"):
             if not (folder / f).is_file():
@@ -153,7 +154,6 @@ class Codec(nn.Module):
     def from_encodec_state(cls, path, **arch) -> "Codec":
         """Official EnCodec weights (an ``encodec.EncodecModel`` state dict) from a local
         safetensors file. ``arch`` overrides the official 24 kHz architecture (OFFICIAL_24KHZ)."""
-        from safetensors.torch import load_file
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"{path}: only safetensors is read (no pickles); convert the .th file as the "
@@ -171,11 +171,12 @@ class Codec(nn.Module):
 
 
 class CodecTask:
-    """Random ``seconds``-long crops of training utterances for the trainer; seeded by step."""
+    """Random ``seconds``-long crops of training utterances for the trainer; seeded by step.
+    Its batches are raw waveforms for the codec autoencoder ({"wav": (B, 1, T)}), not token
+    sequences for the backbone: there is nothing for ``backbone.sequence.pack`` to lay out."""
 
     def __init__(self, corpus, batch_size: int, seconds: float = 1.0, seed: int = 0, eval_batches: int = 2):
         self.corpus, self.bs, self.seed = corpus, batch_size, seed
-        from modalities.speech_corpus import SAMPLE_RATE
         self.T = int(seconds * SAMPLE_RATE)
         self.train_rows = [r for r in corpus.rows("train") if r["n"] >= self.T]
         self.val_rows = [r for r in corpus.rows("val") if r["n"] >= self.T]

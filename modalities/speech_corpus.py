@@ -17,10 +17,12 @@ Layout on disk (``build_corpus(out)``)::
 
 Splits: ``train`` / ``val`` are disjoint sentences over the training speakers; ``test`` holds
 held-out sentences; ``voice`` is the held-out speaker (HELDOUT_VOICE) reading held-out sentences;
-``hard`` is the hard set (modalities/speech_hard.py) read by training speakers.
+extra splits given by the caller are read by training speakers after those (the TTS evaluation's
+``hard`` split: benchmarks/metrics/speech_hard.py, whose ``python -m`` builds the corpus with it).
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import random
@@ -30,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 SAMPLE_RATE = 16000          # the corpus and the codec; espeak-ng synthesises at 22050 Hz
 LANGS = ("en-us", "en")          # espeak-ng names: "en" is British English (gmw/en)
@@ -130,7 +135,6 @@ def synth(text: str, voice: str = "en-us", rate: int = 170, pitch: int | None = 
 
     Phonemes are merged into runs of non-empty spans; the first starts at 0 (it takes the leading
     silence) and a phoneme ends where the next starts (the last at T)."""
-    import torchaudio.functional as AF
     es = Espeak.get()
     raw, events = es.synth(text, voice, rate, base_pitch(voice) if pitch is None else pitch)
     wav = AF.resample(torch.from_numpy(raw.astype(np.float32) / 32768.0), es.rate, SAMPLE_RATE).numpy()
@@ -178,10 +182,11 @@ def sentences(seed: int = 0) -> list[str]:
     return out
 
 
-def corpus_plan(n_train: int, n_val: int, n_test: int, seed: int = 0) -> list[dict]:
+def corpus_plan(n_train: int, n_val: int, n_test: int, seed: int = 0,
+                extra: dict[str, list[str]] | None = None) -> list[dict]:
     """What to speak: [{id, split, text, speaker, rate}, ...]. Sentences of different splits never
-    overlap; train/val/test use the training speakers, ``voice`` the held-out one."""
-    from modalities.speech_hard import hard_sentences
+    overlap; train/val/test use the training speakers, ``voice`` the held-out one. ``extra``:
+    {split: sentences} read by training speakers, planned last (the other splits stay the same)."""
     rng = random.Random(seed)
     sents = sentences(seed)
     if len(sents) < n_train + n_val + n_test:
@@ -191,7 +196,7 @@ def corpus_plan(n_train: int, n_val: int, n_test: int, seed: int = 0) -> list[di
     plan = []
     for split, texts, pool in [("train", sents[:n_train], spk), ("val", sents[n_train:n_train + n_val], spk),
                                ("test", test, spk), ("voice", test, [HELDOUT_VOICE]),
-                               ("hard", hard_sentences(), spk)]:
+                               *((name, texts, spk) for name, texts in (extra or {}).items())]:
         for i, t in enumerate(texts):
             plan.append({"id": f"{split}-{i:05d}", "split": split, "text": t, "speaker": rng.choice(pool),
                          "rate": rng.randint(150, 200)})
@@ -199,14 +204,13 @@ def corpus_plan(n_train: int, n_val: int, n_test: int, seed: int = 0) -> list[di
 
 
 def build_corpus(out: str | Path, n_train: int = 4000, n_val: int = 100, n_test: int = 100, seed: int = 0,
-                 progress: bool = True) -> Path:
-    """Synthesise the plan into ``out`` (manifest.jsonl + audio.safetensors, written atomically)."""
-    from safetensors.torch import save_file
-    from tqdm.auto import tqdm
+                 progress: bool = True, extra: dict[str, list[str]] | None = None) -> Path:
+    """Synthesise the plan (``corpus_plan``) into ``out`` (manifest.jsonl + audio.safetensors,
+    written atomically)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, chunks, offset = [], [], 0
-    for item in tqdm(corpus_plan(n_train, n_val, n_test, seed), desc="espeak-ng", disable=not progress):
+    for item in tqdm(corpus_plan(n_train, n_val, n_test, seed, extra), desc="espeak-ng", disable=not progress):
         wav, events = synth(item["text"], item["speaker"], item["rate"])
         if not events or len(wav) < SAMPLE_RATE // 10:
             continue
@@ -226,7 +230,6 @@ class Corpus:
     """A built corpus: ``rows(split)`` and ``audio(row)`` -> float32 (T,) at SAMPLE_RATE."""
 
     def __init__(self, folder: str | Path):
-        from safetensors.torch import load_file
         folder = Path(folder)
         if not (folder / "manifest.jsonl").is_file():
             raise FileNotFoundError(f"{folder}/manifest.jsonl not found: build it with "
@@ -242,14 +245,18 @@ class Corpus:
         return self.pcm[row["offset"]:row["offset"] + row["n"]].float() / 32768.0
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv=None, extra: dict[str, list[str]] | None = None) -> None:
+    """``python -m modalities.speech_corpus --out DIR``: build a corpus (``extra``: more splits)."""
     ap = argparse.ArgumentParser(description="Build the espeak-ng speech corpus")
     ap.add_argument("--out", default="runs/speech/corpus")
     ap.add_argument("--n-train", type=int, default=4000)
     ap.add_argument("--n-val", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args()
-    c = Corpus(build_corpus(a.out, a.n_train, a.n_val, a.n_test, a.seed))
+    a = ap.parse_args(argv)
+    c = Corpus(build_corpus(a.out, a.n_train, a.n_val, a.n_test, a.seed, extra=extra))
     print(f"{len(c.items)} utterances, {len(c.pcm) / SAMPLE_RATE / 3600:.2f} h in {a.out}")
+
+
+if __name__ == "__main__":
+    main()

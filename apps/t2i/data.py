@@ -1,20 +1,27 @@
-"""Sequences and batches of the text-to-image recipe (apps/t2i/model.py): the word vocabulary, the
-interleaved layout, the data sources (shape renders, digits) and the trainer's task.
+"""Sequences of the text-to-image recipe (apps/t2i/recipe.py): the word vocabulary, the image
+tokenizer of a config, the interleaved layout as segments (backbone/sequence.py) and the data
+sources (shape renders, digits).
 
     text-to-image:  <bos> a red circle ... <boi> p1 ... p64 <eoi> <eos>
     captioning:     <bos> <boi> p1 ... p64 <eoi> a red circle ... <eos>
+
+Every order packs these two rows with ``pack`` (the one packer); orders differ only in the image
+slots: raster patches predicted one by one from the position before (here), a masked block
+(apps/t2i/mar.py), or a chain of scale / cell blocks (apps/t2i/blocks.py).
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from backbone.container import atomic_write_text
+from backbone.sequence import Segment, pack
+from modalities import digits, image_shapes
 from modalities.image import PatchTokenizer
+from modalities.image_latent import LatentTokenizer
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<boi>", "<eoi>", "<img>"]  # <img>: placeholder id at patch slots
 PAD, BOS, EOS, BOI, EOI, IMG = range(len(SPECIALS))
@@ -74,115 +81,81 @@ def encode_prompts(vocab: WordVocab, prompts, steps: int, cfg: float, temperatur
     return [vocab.encode(p) for p in prompts]
 
 
+# ---- the image tokenizer of a config -------------------------------------------------------------
+def make_tokenizer(image: dict | None, base=None, device=None):
+    """The ``image:`` config -> a PatchTokenizer (pixel patches, the default) or, with ``tokenizer:
+    latent`` and ``folder`` (a local diffusers AutoencoderKL folder, relative to ``base``), a
+    LatentTokenizer (modalities/image_latent.py: latent patches, for larger images and GPUs)."""
+    c = dict(image or {})
+    kind = c.pop("tokenizer", "patch")
+    if kind == "patch":
+        return PatchTokenizer(**c)
+    if kind != "latent":
+        raise ValueError(f"unknown image tokenizer {kind!r}; choose 'patch' or 'latent'")
+    folder = c.pop("folder", None)
+    if not folder:
+        raise ValueError("image.tokenizer 'latent' needs image.folder (a local diffusers AutoencoderKL folder)")
+    c.pop("channels", None)
+    c.pop("scale", None)                                   # both come from the VAE
+    return LatentTokenizer.from_pretrained(Path(base or ".") / folder, device=device, **c)
+
+
+def tokenizer_config(tok) -> dict:
+    if hasattr(tok, "vae"):   # a latent model carries its VAE inside the checkpoint folder (vae/)
+        return {"tokenizer": "latent", "folder": "vae", **tok.config()}
+    return {"size": tok.size, "patch": tok.patch, "channels": tok.channels, "scale": tok.scale}
+
+
 # ---- sequences -----------------------------------------------------------------------------------
-def build_batch(captions: list[list[int]], patches: Tensor, modes: list[str]) -> dict:
-    """Pack (caption ids, image patches (B, N, d)) pairs as t2i ("gen") or captioning ("cap")
-    sequences, right-padded. Returns the trainer's batch: input_ids (B, T), the image adapter's
-    (patches (B, T, d), index (B, T)), embed_mask (B, T), and targets: "lm" (B, T) with -100 where
-    nothing is scored, "image" (select (B, T), patches (M, d)) at the positions before each patch."""
-    B, N, d = patches.shape
-    seqs = []
-    for cap, mode in zip(captions, modes):
-        img = [IMG] * N
-        seqs.append([BOS, *cap, BOI, *img, EOI, EOS] if mode == "gen" else [BOS, BOI, *img, EOI, *cap, EOS])
-    T = max(len(s) for s in seqs) - 1
-    ids = torch.full((B, T), PAD, dtype=torch.long)
-    y = torch.full((B, T), -100, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        s = torch.tensor(s)
-        ids[b, :len(s) - 1], y[b, :len(s) - 1] = s[:-1], s[1:]
-    is_patch = ids == IMG
-    index = torch.where(is_patch, is_patch.long().cumsum(1) - 1, torch.full_like(ids, -1))  # (B, T)
-    seq_patches = torch.zeros(B, T, d)
-    seq_patches[is_patch] = patches.reshape(-1, d)
-    select = y == IMG                                  # the position before each patch predicts it
-    y = y.masked_fill(select, -100)
-    return {"input_ids": ids, "adapter_inputs": {"image": (seq_patches, index)}, "embed_mask": is_patch,
-            "targets": {"lm": y, "image": (select, patches.reshape(-1, d))}}
+def image_slots(x: Tensor, index: Tensor, masked: Tensor | None = None, blocks: Tensor | None = None,
+                target: Tensor | None = None, scored: Tensor | bool = True) -> Segment:
+    """An image's S slots for the image adapter: inputs x (S, d) at patch places index (S,) (the
+    adapter's learned position), ``masked`` (S,) bool: the adapter's mask vector instead of x.
+    ``blocks`` (S,): attention blocks (None: causal, the raster order). ``target`` (S, d): what the
+    image head predicts, from the position before each slot when causal, at the slot itself in
+    a block; ``scored`` (S,) bool or bool: which targets count."""
+    values, fills = (x, index), (0.0, -1)
+    if masked is not None:
+        values, fills = (x, index, masked), (0.0, -1, False)
+    return Segment([IMG] * len(x), kind="image", adapter="image", values=values, fills=fills, blocks=blocks,
+                   head=None if target is None else "image", target=target, scored=scored,
+                   shift=1 if blocks is None else 0)
 
 
-def shapes_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
-    """n fresh shape scenes -> (images (n, 3, 32, 32) in [0, 1], prompts, full captions).
-    Captioning targets name every colour; prompts are written as users write them."""
-    from modalities.image_shapes import caption, make_scenes
-    scenes = make_scenes(n, split, seed)
-    images = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 255
-    return images, [caption(shown) for shown, _, _ in scenes], [caption(scene) for _, scene, _ in scenes]
+def layout(cap: list[int], image: Segment, mode: str) -> list[Segment]:
+    """One training row around its image slots: text-to-image ("gen") or captioning ("cap"). The LM
+    head predicts every token after <bos>, except the <eoi> after a block image: there it follows
+    by rule (the block's last slot predicts a token of its own)."""
+    eoi = image.blocks is None
+    if mode == "gen":
+        return [Segment([BOS, *cap, BOI], head="lm"), image, Segment([EOI, EOS], head="lm", scored=torch.tensor([eoi, True]))]
+    return [Segment([BOS, BOI], head="lm"), image,
+            Segment([EOI, *cap, EOS], head="lm", scored=torch.tensor([eoi] + [True] * (len(cap) + 1)))]
 
 
-def digits_data(n: int, split: str, seed: int) -> tuple[Tensor, list[str], list[str]]:
-    """n digits drawn (with replacement) from scikit-learn's load_digits split -> (images
-    (n, 1, 8, 8) in [0, 1], prompts, captions), both "the digit 7"."""
-    from modalities.digits import caption, load_split, to_tensor
-    images, labels = load_split(split)
-    idx = np.random.default_rng(seed).integers(len(labels), size=n)
-    caps = [caption(int(y)) for y in labels[idx]]
-    return to_tensor(images[idx]), caps, caps
+def raster_rows(captions: list[list[int]], patches: Tensor, modes: list[str], generator=None) -> list[list]:
+    """(caption ids, image patches (B, N, d)) pairs as t2i ("gen") or captioning ("cap") rows in
+    the raster order: each patch predicted from the position before it (<boi> predicts p1), in
+    both modes (captioning rows train the unconditional image). ``generator``: unused."""
+    N = patches.shape[1]
+    return [layout(cap, image_slots(x, torch.arange(N), target=x), mode)
+            for cap, x, mode in zip(captions, patches, modes)]
 
 
-DATA = {"shapes": shapes_data, "digits": digits_data}
+def build_batch(rows: list[list[Segment]]) -> dict:
+    """Rows of segments -> the trainer's batch, right-padded, the final <eos> a target only:
+    input_ids (B, T), embed_mask (B, T), adapter_inputs {"image": (patches (B, T, d), index (B, T)
+    [, masked (B, T)])}, mask (B, 1, T, T) for block orders, targets "lm" (B, T) (-100 where
+    nothing is scored) and "image" (select (B, T), targets (M, d))."""
+    return pack(rows, PAD, trim_last=True).batch()
 
 
-class ShapesT2ITask:
-    """Batches of text-image pairs from a ``DATA`` source (fresh shape renders, or digits), made
-    from (seed, step, micro): a resumed run sees exactly the batches it would have seen."""
-
-    def __init__(self, vocab: WordVocab, tok: PatchTokenizer, batch_size: int, caption_frac: float = 0.3,
-                 caption_drop: float = 0.1, seed: int = 0, eval_batches: int = 4, weights: dict | None = None,
-                 order: str = "raster", data: str = "shapes", order_kw: dict | None = None):
-        if data not in DATA:
-            raise ValueError(f"unknown data {data!r}; choose one of {', '.join(DATA)}")
-        self.vocab, self.tok, self.batch_size, self.seed, self.order = vocab, tok, batch_size, seed, order
-        self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
-        self.data = DATA[data]
-        self.order_kw = order_kw or {}                    # next_scale / next_cell options (apps/t2i/blocks.py)
-        self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
-
-    def _batch(self, g: np.random.Generator, split: str) -> dict:
-        images, prompts, captions = self.data(self.batch_size, split, int(g.integers(2**31)))
-        modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in prompts]
-        caps = [self.vocab.encode(c) if m == "cap" else ([] if g.random() < self.caption_drop else self.vocab.encode(p))
-                for p, c, m in zip(prompts, captions, modes)]
-        batch = build_batch(caps, self.tok.encode(images), modes)
-        if self.order == "mar":
-            from apps.t2i.mar import mask_image_rows
-            gen = torch.Generator().manual_seed(int(g.integers(2**31)))
-            batch = mask_image_rows(batch, torch.tensor([m == "gen" for m in modes]), gen)
-        elif self.order in ("next_scale", "next_cell"):
-            from apps.t2i.blocks import BATCHES
-            gen = torch.Generator().manual_seed(int(g.integers(2**31)))
-            batch = BATCHES[self.order](batch, torch.tensor([m == "gen" for m in modes]), gen, patch=self.tok.patch,
-                                        **self.order_kw)
-        batch["loss_weights"] = self.weights
-        return batch
-
-    def train_batch(self, step: int, micro: int, rows: slice) -> dict:
-        full = self._batch(np.random.default_rng([self.seed, step, micro]), "train")
-        return _rows(full, rows)
-
-    def eval_batches(self) -> list[dict]:
-        return self._eval
+# ---- data sources --------------------------------------------------------------------------------
+DATA = {"shapes": image_shapes.shapes_data, "digits": digits.digits_data}
+GRAMMARS = {"shapes": image_shapes.grammar_words, "digits": digits.grammar_words}
 
 
-def _rows(batch: dict, rows: slice) -> dict:
-    """A rank's rows of a global batch; the flat (M, d) image targets keep the selected rows' patches."""
-    sel, tgt = batch["targets"]["image"]
-    owner = sel.nonzero()[:, 0]                                      # the row of each flat target
-    keep = torch.zeros(sel.shape[0], dtype=torch.bool)
-    keep[rows] = True
-    out = {"input_ids": batch["input_ids"][rows], "embed_mask": batch["embed_mask"][rows],
-           "adapter_inputs": {"image": tuple(t[rows] for t in batch["adapter_inputs"]["image"])},
-           "loss_weights": batch.get("loss_weights"),
-           "targets": {"lm": batch["targets"]["lm"][rows], "image": (sel[rows], tgt[keep[owner]])}}
-    if "mask" in batch:
-        out["mask"] = batch["mask"][rows]
-    return out
-
-
-# ---- the recipe ----------------------------------------------------------------------------------
 def grammar_words(data: str = "shapes") -> list[str]:
-    if data == "digits":
-        from modalities.digits import grammar_words as words
-    else:
-        from modalities.image_shapes import grammar_words as words
-    return words()
+    if data not in GRAMMARS:
+        raise ValueError(f"unknown data {data!r}; choose one of {', '.join(GRAMMARS)}")
+    return GRAMMARS[data]()

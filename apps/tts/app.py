@@ -19,10 +19,12 @@ import sys
 
 import gradio as gr
 import numpy as np
+from matplotlib.figure import Figure
 
 from apps.serving import check_checkpoint, serve, user_errors
 from apps.tts.checks import (FRAME_RATE, MAX_CHARS, MAX_REF_S, MIN_REF_S, check_settings, check_text,
-                            check_voice_prompt, speak)
+                             check_voice_prompt)
+from apps.tts.model import SpeechModel, speak
 
 DEFAULT_MODEL = "assets/speech-tts"
 TRAIN_COMMAND = "omniar train tts --config configs/tts_ralle.yaml"
@@ -36,7 +38,6 @@ def prosody_figure(phonemes: list[str], durations: list[int], pitch_hz: list[flo
     """Two aligned panels over the phonemes (x): duration in codec frames (bars; 1 frame = 20 ms)
     and pitch in Hz (points joined within voiced runs; unvoiced = nan = gap). A matplotlib Figure
     (no pyplot: nothing global, safe in server threads)."""
-    from matplotlib.figure import Figure
     n = len(phonemes)
     fig = Figure(figsize=(min(24.0, max(6.0, 0.22 * n)), 4.2), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True)
@@ -117,7 +118,6 @@ def build_demo(model, title: str = "OmniAR speech") -> gr.Blocks:
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> speech app Blocks (FileNotFoundError naming the training command)."""
     folder = check_checkpoint(folder, "text-to-speech", TRAIN_COMMAND, files=CHECKPOINT_FILES)
-    from apps.tts.model import SpeechModel
     return build_demo(SpeechModel.from_pretrained(str(folder), device=device))
 
 

@@ -1,4 +1,4 @@
-"""Input checks shared by the text-to-speech CLI, app and model, plus sentence-by-sentence speech.
+"""Input checks shared by the text-to-speech CLI, app and model (apps/tts/model.py).
 
 Every check raises ``ValueError`` with a message meant for the user (the CLI prints it and exits
 with status 2; the app shows it as a ``gr.Error``), never a traceback.
@@ -8,12 +8,9 @@ with status 2; the app shows it as a ``gr.Error``), never a traceback.
     read_reference(source) -> float32 (T,)        a voice-prompt clip, mono, 16 kHz, 1-10 s
     check_voice_prompt(source, transcript)        both or neither
     check_settings(seed, temperature)             seed: whole 0..2**31-1 or None; 0 < temperature <= 2
-    speak(model, text, ...) -> SpeechResult       sentences spoken one by one, joined with a pause
-    cli_tts(a)                                    ``omniar tts``
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import re
@@ -21,6 +18,11 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from modalities.speech_corpus import PAUSE, phonemes_of
 
 MAX_CHARS = 300          # longest text per synthesis call (SpeechModel.MAX_CHARS)
 SAMPLE_RATE = 16000      # Hz, the codec's rate
@@ -56,7 +58,6 @@ def check_text(text, max_chars: int = MAX_CHARS, what: str = "the text") -> str:
     if len(clean) > max_chars:
         raise ValueError(f"{what} is {len(clean)} characters long; the limit is {max_chars} per call "
                          "(split longer text at sentence ends, as `omniar tts` does)")
-    from modalities.speech_corpus import PAUSE, phonemes_of
     if not _sayable(clean) or all(p == PAUSE for p in phonemes_of(clean)):
         raise ValueError(f"{what} has nothing to pronounce ({clean[:40]!r}): use words or numbers")
     return clean
@@ -122,7 +123,6 @@ def _to_float_mono(data: np.ndarray) -> np.ndarray:
 
 
 def _read_file(path: Path, min_s: float, max_s: float) -> tuple[int, np.ndarray]:
-    import soundfile as sf
     if not path.is_file():
         raise ValueError(f"reference audio file {path} not found")
     try:
@@ -166,8 +166,6 @@ def read_reference(source, sample_rate: int = SAMPLE_RATE, min_s: float = MIN_RE
     if float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) < SILENCE_RMS:
         raise ValueError("the reference clip is silent; record or upload someone speaking")
     if int(sr) != sample_rate:
-        import torch
-        import torchaudio.functional as AF
         x = AF.resample(torch.from_numpy(x), int(sr), sample_rate).numpy()
     return np.ascontiguousarray(np.clip(x, -1.0, 1.0), dtype=np.float32)
 
@@ -202,79 +200,3 @@ def check_settings(seed, temperature) -> tuple[int | None, float]:
     if not math.isfinite(t) or not 0 < t <= 2:
         raise ValueError(f"temperature must be above 0 and at most 2, got {temperature!r}")
     return seed, t
-
-
-def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
-          temperature: float = 1.0, pause_s: float = PAUSE_S):
-    """Speak ``text`` sentence by sentence (split_sentences at model.MAX_CHARS) with one seed and
-    join the results: wav gets ``pause_s`` of silence between sentences, and the prosody lists a
-    pause phoneme '_' of that many frames (pitch 0, nan Hz), or that many more frames on the
-    sentence's own closing '_'. Returns a SpeechResult (durations stay [] for VALL-E)."""
-    limit = getattr(model, "MAX_CHARS", MAX_CHARS)
-    pieces = split_sentences(text, limit)
-    if not pieces:
-        check_text(text, limit)                           # raises the user-facing reason
-    results = [model.synthesize(check_text(p, limit), prompt_wav, prompt_text, seed=seed, temperature=temperature)
-               for p in pieces]
-    if len(results) == 1:
-        return results[0]
-    first = results[0]
-    frames = round(pause_s * FRAME_RATE)
-    gap = np.zeros(frames * first.sample_rate // FRAME_RATE, np.float32)
-    wav, phonemes, durations, pitch, pitch_hz = [], [], [], [], []
-    prosody = all(r.durations for r in results)
-    for i, r in enumerate(results):
-        if i:
-            wav.append(gap)
-            if phonemes and phonemes[-1] == "_":          # a sentence's closing pause gets longer
-                if prosody:
-                    durations[-1] += frames
-            else:
-                phonemes.append("_")
-                if prosody:
-                    durations.append(frames)
-                    pitch.append(0)
-                    pitch_hz.append(float("nan"))
-        wav.append(np.asarray(r.wav, np.float32))
-        phonemes += list(r.phonemes)
-        if prosody:
-            durations += list(r.durations)
-            pitch += list(r.pitch)
-            pitch_hz += list(r.pitch_hz)
-    extra = {}
-    if all(isinstance(getattr(r, "n_frames", None), int) for r in results):   # apps.tts.model keeps a frame count
-        extra["n_frames"] = sum(r.n_frames for r in results) + frames * (len(results) - 1)
-    return dataclasses.replace(first, wav=np.concatenate(wav), phonemes=phonemes, durations=durations,
-                               pitch=pitch, pitch_hz=pitch_hz, **extra)
-
-
-def cli_tts(a) -> None:
-    """``omniar tts TEXT -o out.wav [--voice-prompt ref.wav --prompt-text ...] [--seed] [--temperature]
-    [--model] [--device]``: every input is checked before the model loads."""
-    import soundfile as sf
-    out = Path(a.out)
-    if out.suffix.lower() != ".wav":
-        raise ValueError(f"-o must name a .wav file, got {a.out}")
-    pieces = split_sentences(a.text)
-    if not pieces:
-        check_text(a.text)                                # empty / nothing to pronounce: says why
-    if a.prompt_text is not None and a.voice_prompt is None:
-        raise ValueError("--prompt-text needs --voice-prompt (the clip it transcribes)")
-    if a.voice_prompt is not None and not (a.prompt_text or "").strip():
-        raise ValueError("--voice-prompt needs --prompt-text: the exact words spoken in the clip")
-    seed, temperature = check_settings(a.seed, a.temperature)
-    prompt_wav, prompt_text = check_voice_prompt(a.voice_prompt, a.prompt_text)
-    for piece in pieces:
-        check_text(piece)
-    from apps.tts.model import SpeechModel
-    model = SpeechModel.from_pretrained(a.model, device=a.device)
-    if prompt_wav is not None and model.sample_rate != SAMPLE_RATE:
-        prompt_wav = read_reference(a.voice_prompt, model.sample_rate)
-    result = speak(model, a.text, prompt_wav, prompt_text, seed=seed, temperature=temperature)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(out), np.clip(result.wav, -1, 1), result.sample_rate, subtype="PCM_16")
-    except (OSError, RuntimeError) as e:                # soundfile's errors are RuntimeErrors
-        raise ValueError(f"cannot write {out}: {e}") from None
-    print(f"wrote {out} ({len(result.wav) / result.sample_rate:.1f} s at {result.sample_rate} Hz, "
-          f"{len(pieces)} sentence{'s' * (len(pieces) > 1)})")

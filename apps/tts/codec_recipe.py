@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from backbone.train import TrainConfig, cli_command, train
+from backbone.train import TrainConfig, run_recipe
 from modalities.speech_codec import Codec, CodecTask
 from modalities.speech_corpus import Corpus, build_corpus
 
@@ -23,15 +21,15 @@ def load_corpus(d: dict) -> Corpus:
     return Corpus(folder)
 
 
-def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[Codec, dict]:
-    tcfg = TrainConfig.from_dict(cfg["train"])
-    torch.manual_seed(tcfg.seed)
+def build(cfg: dict, tcfg: TrainConfig) -> tuple[Codec, CodecTask, None]:
+    """The recipe's part for ``run_recipe``: the corpus, the codec and its waveform batches.
+    CodecTask crops raw waveforms for the codec autoencoder (``Codec.forward(wav)``), not token
+    sequences for the backbone, so its batches do not go through ``backbone.sequence.pack``."""
     corpus = load_corpus(cfg.get("data", {}))
     codec = Codec(cfg.get("codec"))
-    task = CodecTask(corpus, tcfg.batch_size, cfg.get("data", {}).get("seconds", 1.0), tcfg.seed)
-    metrics = train(codec, task, tcfg, device=device, resume=resume)
-    if out:
-        codec.meta = {"train_command": cli_command(), "final_metrics": {k: v for k, v in metrics.items()
-                                                                        if isinstance(v, (int, float))}}
-        codec.save_pretrained(out)
-    return codec, metrics
+    codec.meta = {}   # run_recipe records the training command and final metrics here (config.json)
+    return codec, CodecTask(corpus, tcfg.batch_size, cfg.get("data", {}).get("seconds", 1.0), tcfg.seed), None
+
+
+def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[Codec, dict]:
+    return run_recipe(cfg, build, out, device, resume)

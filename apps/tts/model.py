@@ -4,31 +4,32 @@ checkpoint was trained with its chain of thought.
     tts = SpeechModel.from_pretrained("assets/speech-tts")
     out = tts.synthesize("Hello world.")                         # out.wav: float32 at 16 kHz
     out = tts.synthesize("Hello world.", prompt_wav=ref, prompt_text="what the reference says")
+    out = speak(tts, "Any length of text. Sentence by sentence.")
+    omniar tts "Hello world." -o out.wav                          # cli_tts
 
-Generation (one utterance, KV cache):
-  1. prefill <bos> + phonemes (prompt's, then the text's) as a bidirectional prefix; with CoT also
-     <pros> + the prompt's prosody tokens (measured on the clip);
-  2. RALL-E: sample a duration and a pitch token per phoneme of the text (constrained to those ranges);
-  3. <sos>, then the prompt's level-0 codes (forced) and new ones (sampled), each step seeing
-     only its +-k phoneme window (duration-guided masking); stop after the predicted number of
-     frames (RALL-E) or at <eos> (VALL-E);
-  4. NAR: codebooks 1..n_q-1, one bidirectional pass each, greedy;
-  5. the codec decodes the text's frames.
+Generation is one schedule over the generation loop (apps/tts/schedule.py): RALL-E's prosody
+tokens, the AR codec codes (codebook 0), then the NAR codebooks; the codec decodes the text's frames.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
+from apps.tts.checks import (FRAME_RATE, MAX_CHARS, PAUSE_S, SAMPLE_RATE, check_settings, check_text,
+                             check_voice_prompt, read_reference, split_sentences)
+from apps.tts.schedule import SpeechSchedule
 from backbone.container import OmniModel
-from backbone.generate import compiled_decode_step, decode_one_token, decode_step, prefill
-from backbone.sampling import SamplingParams, sample_from_logits
-from modalities.speech import (BOS, EOS, PROS, SOS, SpeechVocab, dgm_keys, frame_phoneme, nar_row,
-                               phoneme_prosody)
+from backbone.generate import run_to_end
+from backbone.sampling import SamplingParams
+from modalities.speech import SpeechVocab, phoneme_prosody
+from modalities.speech_align import CTCRecognizer
 from modalities.speech_codec import Codec
+from modalities.speech_corpus import phonemes_of
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,15 +69,12 @@ class SpeechModel:
             codec_dir = ROOT / codec_dir
         al = None
         if aligner and (Path(aligner).exists() or (ROOT / aligner).exists()):
-            from modalities.speech_checks import CTCRecognizer
             al = CTCRecognizer.from_pretrained(aligner if Path(aligner).exists() else ROOT / aligner)
         return cls(model, Codec.from_pretrained(codec_dir, device=device), al, compile)
 
     # ---- text and prompt ----------------------------------------------------------------------
     def phonemize(self, text: str) -> list[str]:
         """Checked text -> the IPA phonemes espeak-ng speaks for it (ValueError if none)."""
-        from apps.tts.checks import check_text
-        from modalities.speech_corpus import phonemes_of
         check_text(text, self.MAX_CHARS)
         ph = phonemes_of(text, self.VOICE)
         self.vocab.phoneme_ids(ph)           # unknown symbols -> a clear error
@@ -119,92 +117,92 @@ class SpeechModel:
         ph_p, codes_p, durs_p, pitch_p = ([], torch.zeros(self.n_q, 0, dtype=torch.long), [], [])
         if prompt_wav is not None:
             ph_p, codes_p, durs_p, pitch_p = self.prompt_inputs(prompt_wav, prompt_text, prompt_starts)
-        ph_ids = v.phoneme_ids(ph_p + ph_t)
-        P, Fp = len(ph_ids), codes_p.shape[1]
-        ids = [BOS] + ph_ids
-        if self.cot:
-            ids += [PROS] + [t for d, f in zip(durs_p, pitch_p) for t in (v.dur0 + min(d, v.n_dur - 1), v.pitch0 + f)]
-        block = self.model.args.block_size
-        # frames budget: about 4x a typical espeak-ng length (4 frames per phoneme), within the context
-        before = len(ids) + (2 * len(ph_t) if self.cot else 0) + 1 + Fp       # slots before the first new frame
-        room = block - before - 1
-        if room < 2 * len(ph_t):
-            raise ValueError(f"text + voice prompt too long for the model's context ({block} positions): "
-                             "use a shorter prompt or split the text into sentences")
-        cap = min(max_frames or 16 * len(ph_t) + 50, room)
-        max_seq = block if self.compile else before + cap + 1   # one static shape: compiled once
-        step = compiled_decode_step(self.model) if self.compile else decode_step
-        x = torch.tensor([ids], device=dev)
-        prefix = P + 1
-        block_ids = torch.cat([torch.zeros(prefix, dtype=torch.long), torch.arange(1, len(ids) - prefix + 1)])
-        h, state = prefill(self.model, x, torch.ones_like(x), max_seq, static=self.compile,
-                           block_ids=block_ids.to(dev))
-        lm = self.model.heads["lm"]
-
-        def pick(h, lo, hi, k, extra=None):
-            logits = lm(h).float()
-            allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)
-            allowed[lo:hi] = True
-            if extra is not None:
-                allowed[extra] = True
-            logits = logits.masked_fill(~allowed, float("-inf"))
-            return sample_from_logits(logits, SamplingParams(temperature=temperature, top_k=k), g)
-
-        # 2. RALL-E chain of thought: duration and pitch per phoneme of the text
-        durs_t, pitch_t = [], []
-        if self.cot:
-            for i in range(len(ph_t)):
-                d = pick(h, v.dur0, v.pitch0, prosody_top_k)
-                h = decode_one_token(self.model, d, state, step)
-                f = pick(h, v.pitch0, v.code0, prosody_top_k)
-                h = decode_one_token(self.model, f, state, step)
-                durs_t.append(int(d) - v.dur0)
-                pitch_t.append(int(f) - v.pitch0)
-        # 3. level-0 codes
-        n_t = min(sum(durs_t), cap) if self.duration_stop else cap
-        if self.duration_stop and n_t == 0:
-            raise ValueError("the model predicted zero frames for this text")
-        owner = frame_phoneme((durs_p or []) + durs_t, Fp + n_t) if (self.cot and self.dgm_k is not None) else None
-        pros0 = prefix + 1
-        tok, frames = torch.tensor([SOS], device=dev), []
-        for f in range(Fp + n_t):
-            mask = None
-            if owner is not None:   # the query that predicts frame f sees phonemes owner[f] +- k
-                keys = dgm_keys(state.next_slot + 1, P, pros0, int(owner[f]), self.dgm_k, dev)
-                if self.compile:   # the static cache's mask spans every slot; unwritten ones hidden
-                    keys = torch.cat([keys, keys.new_zeros(max_seq - len(keys))])
-                mask = keys[None, None, None, :]
-            h = decode_one_token(self.model, tok, state, step, mask=mask)
-            if f < Fp:
-                tok = codes_p[0, f:f + 1].to(dev) + v.code0
-            else:
-                tok = pick(h, v.code0, v.vocab_size, top_k, None if self.duration_stop else EOS)
-                if int(tok) == EOS:
-                    break
-            frames.append(int(tok) - v.code0)
-        codes0 = torch.tensor(frames, dtype=torch.long)
-        if len(codes0) <= Fp:
-            raise ValueError("the model stopped before speaking any frame")
-        # 4. NAR levels 1..n_q-1
         n_levels = n_levels or self.model.config["meta"].get("n_levels") or self.n_q
         if not 1 <= n_levels <= self.n_q:
             raise ValueError(f"n_levels must be in 1..{self.n_q}, got {n_levels}")
-        codes = torch.zeros(self.n_q, len(codes0), dtype=torch.long)
-        codes[0] = codes0
-        codes[:, :Fp] = codes_p
-        nar = self.model.heads["nar"]
-        pass     # the NAR passes run without the cache
-        for level in range(1, n_levels):
-            nids, c, lv, f0 = nar_row(ph_ids, codes.numpy(), level, Fp)
-            L = len(nids)
-            h = self.model.backbone(input_ids=torch.tensor([nids], device=dev),
-                                    embeds=self.model.adapters["codes"]({"codes": c[None].to(dev), "level": lv[None].to(dev)}),
-                                    embed_mask=((c >= 0).any(-1) | (lv > 0))[None].to(dev),
-                                    mask=torch.ones(1, 1, L, L, dtype=torch.bool, device=dev))
-            codes[level, Fp:] = nar.sample(h[0, f0 + Fp:], level).cpu()
-        # 5. decode the text's frames
+        sched = SpeechSchedule(
+            self.model, v, v.phoneme_ids(ph_p + ph_t), len(ph_t), codes_p, durs_p or [], pitch_p or [],
+            cot=self.cot, dgm_k=self.dgm_k, duration_stop=self.duration_stop, n_levels=n_levels,
+            max_frames=max_frames, params=SamplingParams(temperature=temperature, top_k=top_k),
+            prosody=SamplingParams(temperature=temperature, top_k=prosody_top_k), generator=g, compile=self.compile)
+        codes, durs_t, pitch_t = run_to_end(self.model, sched)
+        Fp = codes_p.shape[1]
         wav = self.codec.decode(codes[None, :n_levels, Fp:].to(dev))[0, 0].float().cpu().numpy()
         wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
         return SpeechResult(wav, self.sample_rate, ph_t, durs_t, pitch_t, [v.pitch_hz(b) for b in pitch_t],
-                            n_frames=len(codes0) - Fp)
+                            n_frames=codes.shape[1] - Fp)
 
+
+def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
+          temperature: float = 1.0, pause_s: float = PAUSE_S):
+    """Speak ``text`` sentence by sentence (split_sentences at model.MAX_CHARS) with one seed and
+    join the results: wav gets ``pause_s`` of silence between sentences, and the prosody lists a
+    pause phoneme '_' of that many frames (pitch 0, nan Hz), or that many more frames on the
+    sentence's own closing '_'. ``model``: a SpeechModel or anything with its ``synthesize``.
+    Returns a SpeechResult (durations stay [] for VALL-E)."""
+    limit = getattr(model, "MAX_CHARS", MAX_CHARS)
+    pieces = split_sentences(text, limit)
+    if not pieces:
+        check_text(text, limit)                           # raises the user-facing reason
+    results = [model.synthesize(check_text(p, limit), prompt_wav, prompt_text, seed=seed, temperature=temperature)
+               for p in pieces]
+    if len(results) == 1:
+        return results[0]
+    first = results[0]
+    frames = round(pause_s * FRAME_RATE)
+    gap = np.zeros(frames * first.sample_rate // FRAME_RATE, np.float32)
+    wav, phonemes, durations, pitch, pitch_hz = [], [], [], [], []
+    prosody = all(r.durations for r in results)
+    for i, r in enumerate(results):
+        if i:
+            wav.append(gap)
+            if phonemes and phonemes[-1] == "_":          # a sentence's closing pause gets longer
+                if prosody:
+                    durations[-1] += frames
+            else:
+                phonemes.append("_")
+                if prosody:
+                    durations.append(frames)
+                    pitch.append(0)
+                    pitch_hz.append(float("nan"))
+        wav.append(np.asarray(r.wav, np.float32))
+        phonemes += list(r.phonemes)
+        if prosody:
+            durations += list(r.durations)
+            pitch += list(r.pitch)
+            pitch_hz += list(r.pitch_hz)
+    extra = {}
+    if all(isinstance(getattr(r, "n_frames", None), int) for r in results):   # SpeechResult keeps a frame count
+        extra["n_frames"] = sum(r.n_frames for r in results) + frames * (len(results) - 1)
+    return dataclasses.replace(first, wav=np.concatenate(wav), phonemes=phonemes, durations=durations,
+                               pitch=pitch, pitch_hz=pitch_hz, **extra)
+
+
+def cli_tts(a) -> None:
+    """``omniar tts TEXT -o out.wav [--voice-prompt ref.wav --prompt-text ...] [--seed] [--temperature]
+    [--model] [--device]``: every input is checked before the model loads."""
+    out = Path(a.out)
+    if out.suffix.lower() != ".wav":
+        raise ValueError(f"-o must name a .wav file, got {a.out}")
+    pieces = split_sentences(a.text)
+    if not pieces:
+        check_text(a.text)                                # empty / nothing to pronounce: says why
+    if a.prompt_text is not None and a.voice_prompt is None:
+        raise ValueError("--prompt-text needs --voice-prompt (the clip it transcribes)")
+    if a.voice_prompt is not None and not (a.prompt_text or "").strip():
+        raise ValueError("--voice-prompt needs --prompt-text: the exact words spoken in the clip")
+    seed, temperature = check_settings(a.seed, a.temperature)
+    prompt_wav, prompt_text = check_voice_prompt(a.voice_prompt, a.prompt_text)
+    for piece in pieces:
+        check_text(piece)
+    model = SpeechModel.from_pretrained(a.model, device=a.device)
+    if prompt_wav is not None and model.sample_rate != SAMPLE_RATE:
+        prompt_wav = read_reference(a.voice_prompt, model.sample_rate)
+    result = speak(model, a.text, prompt_wav, prompt_text, seed=seed, temperature=temperature)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(out), np.clip(result.wav, -1, 1), result.sample_rate, subtype="PCM_16")
+    except (OSError, RuntimeError) as e:                # soundfile's errors are RuntimeErrors
+        raise ValueError(f"cannot write {out}: {e}") from None
+    print(f"wrote {out} ({len(result.wav) / result.sample_rate:.1f} s at {result.sample_rate} Hz, "
+          f"{len(pieces)} sentence{'s' * (len(pieces) > 1)})")

@@ -11,24 +11,27 @@ with ``cot`` the prosody tokens first; LM head) and NAR rows (codebooks 1..n_q-1
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from apps.tts.codec_recipe import load_corpus
 from backbone.container import OmniModel, part
-from backbone.train import TrainConfig, cli_command, save_trained, train
+from backbone.sequence import pack
+from backbone.train import TrainConfig, run_recipe
 from backbone.transformer import ModelArgs
 from heads.codebook import CodebookHead
 from heads.lm import LMHead
-from modalities.speech import CodecEmbed, SpeechVocab, ar_mask, ar_row, nar_row, phoneme_prosody
+from modalities.speech import PAD, CodecEmbed, SpeechVocab, ar_mask, ar_row, ar_segments, nar_row, phoneme_prosody
 from modalities.speech_codec import Codec
 
 
 def prepare(corpus, codec: Codec, out: str | Path, progress: bool = True) -> Path:
     """Encode every utterance (all n_q levels) and measure its phoneme prosody.
     Writes out/codes.safetensors {"codes": int16 (n_q, total frames)} and out/meta.jsonl."""
-    from safetensors.torch import save_file
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # the inventory is espeak-ng's, read off every split (a symbol list, not data)
@@ -53,7 +56,6 @@ class SpeechData:
     """A prepared folder: ``rows(split)``, ``codes(row)`` -> (n_q, F) int64, ``vocab``."""
 
     def __init__(self, folder: str | Path):
-        from safetensors.torch import load_file
         folder = Path(folder)
         self.items = [json.loads(l) for l in (folder / "meta.jsonl").read_text().splitlines()]
         self.all_codes = load_file(str(folder / "codes.safetensors"))["codes"]
@@ -68,7 +70,11 @@ class SpeechData:
 
 class TTSTask:
     """Batches for the trainer: half AR rows, half NAR rows, from utterances of similar length
-    (a random window of the length-sorted training set, so little is padding)."""
+    (a random window of the length-sorted training set, so little is padding). Rows are segments
+    (modalities/speech.py ``ar_segments``, ``nar_row``) laid out by ``pack``. The attention mask
+    comes beside pack's output, built per row: RALL-E's duration-guided window (``ar_mask``) is not
+    expressible as block ids, and a NAR row is one bidirectional block across its token and frame
+    segments."""
 
     def __init__(self, data: SpeechData, batch_size: int, cot: bool, dgm_k: int | None, seed: int = 0,
                  eval_batches: int = 2, window: int = 200):
@@ -84,76 +90,56 @@ class TTSTask:
         start = int(torch.randint(len(pool) - w + 1, (1,), generator=g))
         picks = [pool[start + int(i)] for i in torch.randint(w, (self.bs,), generator=g)]
         n_ar = (self.bs + 1) // 2
-        v, rows = self.vocab, []
+        v, rows, layouts = self.vocab, [], []
         for k, r in enumerate(picks):
             codes = self.data.codes(r)
             ph = v.phoneme_ids(r["phonemes"])
             if k < n_ar:
                 lay = ar_row(v, ph, r["durs"] if self.cot else None, r["pitch"] if self.cot else None,
                              codes[0].tolist())
-                tgt = torch.full((len(lay.ids),), -100)
-                first = lay.pros0 - 1 if self.cot else lay.sos          # predict prosody, codes, <eos>
-                skip = {lay.sos - 1}                                     # <sos> is inserted, not predicted
-                for t in range(first, len(lay.ids) - 1):
-                    if t not in skip:
-                        tgt[t] = lay.ids[t + 1]
-                rows.append(("ar", lay, tgt, r["durs"]))
+                rows.append(ar_segments(lay))
+                layouts.append((lay, r["durs"]))
             else:
                 level = 1 + int(torch.randint(self.n_q - 1, (1,), generator=g))
                 n_prompt = int(torch.randint(codes.shape[1] // 2 + 1, (1,), generator=g)) \
                     if float(torch.rand(1, generator=g)) < 0.5 else 0
-                ids, c, lv, f0 = nar_row(ph, codes.numpy(), level, n_prompt)
-                tgt = torch.full((len(ids),), -100)
-                tgt[f0 + n_prompt:] = (level - 1) * v.bins + codes[level, n_prompt:]
-                rows.append(("nar", ids, c, lv, tgt))
-        T = max(len(r[1].ids) if r[0] == "ar" else len(r[1]) for r in rows)
-        B = len(rows)
-        input_ids = torch.zeros(B, T, dtype=torch.long)
-        lm_t = torch.full((B, T), -100)
-        nar_t = torch.full((B, T), -100)
-        codes_in = torch.full((B, T, self.n_q), -1, dtype=torch.long)
-        level_in = torch.zeros(B, T, dtype=torch.long)
-        embed_mask = torch.zeros(B, T, dtype=torch.bool)
-        mask = torch.zeros(B, 1, T, T, dtype=torch.bool)
-        for b, r in enumerate(rows):
-            if r[0] == "ar":
-                _, lay, tgt, durs = r
-                L = len(lay.ids)
-                input_ids[b, :L], lm_t[b, :L] = torch.tensor(lay.ids), tgt
-                mask[b, 0] = ar_mask(lay, T, durs, self.dgm_k if self.cot else None)
-            else:
-                _, ids, c, lv, tgt = r
-                L = len(ids)
-                input_ids[b, :L], nar_t[b, :L] = torch.tensor(ids), tgt
-                codes_in[b, :L], level_in[b, :L] = c, lv
-                embed_mask[b, :L] = (c >= 0).any(-1) | (lv > 0)
+                rows.append(nar_row(ph, codes, level, n_prompt, bins=v.bins))
+                layouts.append(None)
+        x = pack(rows, pad_id=PAD)
+        T = x.ids.shape[1]
+        mask = torch.zeros(len(rows), 1, T, T, dtype=torch.bool)
+        for b, lay in enumerate(layouts):
+            if lay is not None:
+                mask[b, 0] = ar_mask(lay[0], T, lay[1], self.dgm_k if self.cot else None)
+            else:                                                     # NAR: fully bidirectional
+                L = int(x.attention_mask[b].sum())
                 mask[b, 0] = torch.eye(T, dtype=torch.bool)
-                mask[b, 0, :L, :L] = True                                 # NAR: fully bidirectional
-        sel = nar_t >= 0
-        return {"input_ids": input_ids, "mask": mask, "embed_mask": embed_mask,
-                "adapter_inputs": {"codes": {"codes": codes_in, "level": level_in}},
-                "targets": {"lm": lm_t, "nar": (sel, nar_t[sel])}}
+                mask[b, 0, :L, :L] = True
+        return {**x.batch(), "mask": mask}
 
     def train_batch(self, step: int, micro: int, rows: slice) -> dict:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step * 101 + micro)
-        b = self.batch(self.train_rows, g)
-        if rows == slice(0, self.bs):
-            return b
-        sel = b["targets"]["nar"][0][rows]
-        return {"input_ids": b["input_ids"][rows], "mask": b["mask"][rows], "embed_mask": b["embed_mask"][rows],
-                "adapter_inputs": {"codes": {k: v[rows] for k, v in b["adapter_inputs"]["codes"].items()}},
-                "targets": {"lm": b["targets"]["lm"][rows], "nar": (sel, _nar_rows(b, rows))}}
+        return _take_rows(self.batch(self.train_rows, g), rows)
 
     def eval_batches(self) -> list[dict]:
         return self._eval
 
 
-def _nar_rows(b: dict, rows: slice) -> torch.Tensor:
-    sel_all, tgt_all = b["targets"]["nar"]
-    full = torch.full(sel_all.shape, -100)
-    full[sel_all] = tgt_all
-    part_ = full[rows]
-    return part_[part_ >= 0]
+def _take_rows(b: dict, rows: slice) -> dict:
+    """This rank's rows of a batch. A (select, targets) pair holds the targets of the selected
+    positions in row-major order, so the rows' targets are one contiguous run of them."""
+    out = {k: b[k][rows] for k in ("input_ids", "mask", "embed_mask") if k in b}
+    if "adapter_inputs" in b:
+        out["adapter_inputs"] = {n: tuple(t[rows] for t in v) for n, v in b["adapter_inputs"].items()}
+    out["targets"] = {}
+    for head, t in b["targets"].items():
+        if isinstance(t, tuple):
+            sel, tgt = t
+            t = (sel[rows], tgt[int(sel[:rows.start].sum()):int(sel[:rows.stop].sum())])
+        else:
+            t = t[rows]
+        out["targets"][head] = t
+    return out
 
 
 def build_model(cfg: dict, vocab: SpeechVocab, n_q: int) -> OmniModel:
@@ -170,7 +156,6 @@ def build_model(cfg: dict, vocab: SpeechVocab, n_q: int) -> OmniModel:
 
 
 def load_data(cfg: dict) -> SpeechData:
-    from apps.tts.codec_recipe import load_corpus
     d = cfg.get("data", {})
     folder = Path(d.get("prepared", "runs/speech/tts_data"))
     if not (folder / "meta.jsonl").is_file():
@@ -178,23 +163,18 @@ def load_data(cfg: dict) -> SpeechData:
     return SpeechData(folder)
 
 
-def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
-    tcfg = TrainConfig.from_dict(cfg["train"])
-    torch.manual_seed(tcfg.seed)
+def build(cfg: dict, tcfg: TrainConfig) -> tuple[OmniModel, TTSTask, None]:
+    """The recipe's part for ``run_recipe``: the encoded data, the model and its batches."""
     data = load_data(cfg)
     model = build_model(cfg, data.vocab, data.all_codes.shape[0])
-    if cli_command():
-        model.config["meta"]["train_command"] = cli_command()
     meta = model.config["meta"]
-    task = TTSTask(data, tcfg.batch_size, meta["cot"], meta["dgm_k"], tcfg.seed)
-    metrics = train(model, task, tcfg, device=device, resume=resume)
-    if out:
-        save_trained(model, metrics, out)
-    return model, metrics
+    return model, TTSTask(data, tcfg.batch_size, meta["cot"], meta["dgm_k"], tcfg.seed), None
+
+
+def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
+    return run_recipe(cfg, build, out, device, resume)
 
 
 if __name__ == "__main__":   # prepare the encoded data once: python -m apps.tts.recipe [codec folder]
-    import sys
-    from apps.tts.codec_recipe import load_corpus
     prepare(load_corpus({}), Codec.from_pretrained(sys.argv[1] if len(sys.argv) > 1 else "assets/speech-codec"),
             sys.argv[2] if len(sys.argv) > 2 else "runs/speech/tts_data")

@@ -1,14 +1,14 @@
 """Shared by the speech tests (imported, not a conftest): a stand-in that follows the
 apps.tts.model.SpeechModel contract, and a fixture-style helper that makes ``SpeechModel.from_pretrained``
-return it (whether or not apps/tts/model.py exists yet)."""
+return it."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from apps.tts.model import SpeechModel
+from modalities.speech_corpus import phonemes_of
 
 
 @dataclass
@@ -36,7 +36,6 @@ class FakeSpeechModel:
         self.calls: list[dict] = []
 
     def synthesize(self, text, prompt_wav=None, prompt_text=None, seed=0, temperature=1.0):
-        from modalities.speech_corpus import phonemes_of
         self.calls.append(dict(text=text, prompt_wav=prompt_wav, prompt_text=prompt_text, seed=seed,
                                temperature=temperature))
         phonemes = phonemes_of(text)
@@ -56,17 +55,11 @@ class FakeSpeechModel:
 
 def patch_from_pretrained(monkeypatch, model) -> list:
     """Make apps.tts.model.SpeechModel.from_pretrained return ``model``; returns the list of
-    (folder, device) it is called with. Installs a stub apps.tts.model while the real one is missing."""
-    if importlib.util.find_spec("apps.tts.model") is None:
-        stub = types.ModuleType("apps.tts.model")
-        stub.SpeechModel = type("SpeechModel", (), {"MAX_CHARS": 300, "sample_rate": 16000})
-        monkeypatch.setitem(sys.modules, "apps.tts.model", stub)
-        monkeypatch.setattr(importlib.import_module("apps"), "tts", stub, raising=False)
-    tts = importlib.import_module("apps.tts.model")
+    (folder, device) it is called with."""
     loaded = []
 
     def from_pretrained(cls, folder="assets/speech-tts", codec=None, device=None):
         loaded.append((str(folder), device))
         return model
-    monkeypatch.setattr(tts.SpeechModel, "from_pretrained", classmethod(from_pretrained), raising=False)
+    monkeypatch.setattr(SpeechModel, "from_pretrained", classmethod(from_pretrained))
     return loaded

@@ -6,11 +6,12 @@ import pytest
 import torch
 import yaml
 
-import apps.forecast.model
-from apps.forecast.bins import BinForecaster, BinSeriesTask, build_model, lm_batch, main
+from apps.forecast.bins import BinForecaster
+from apps.forecast.bins_recipe import BinSeriesTask, build_model, main
+from apps.forecast.cli import load_forecaster
 from backbone.generate import left_pad, prefill
 from modalities.timeseries import kernel_synth
-from modalities.timeseries_bins import BinTokenizer
+from modalities.timeseries_bins import BinTokenizer, bin_segment
 
 TINY = {"context_length": 24, "prediction_length": 6, "tokenizer": {"bins": 61, "low": -15, "high": 15},
         "model": {"preset": "tiny", "args": {"block_size": 32}}}
@@ -22,11 +23,33 @@ def forecaster():
     return BinForecaster(build_model(TINY))
 
 
+def test_training_batch_by_hand():
+    """Bin rows packed on the left: the full window's width minus the last token (a target only),
+    positions from each row's first token, the left padding hidden, LM targets for every next bin."""
+    P = 61                                                                          # PAD of a 61-bin tokenizer
+    rows = [[P, P, 7, P, 8, 9], [P, P, P, 3, 4, 5]]
+    task = BinSeriesTask({"a": [np.zeros(8)]}, [np.zeros(8)], BinTokenizer(n_bins=61), 4, 2, batch_size=2)
+    b = task._batch([[bin_segment(torch.tensor(r), P)] for r in rows])
+    assert set(b) == {"input_ids", "positions", "mask", "targets"}
+    assert b["input_ids"].tolist() == [[P, P, 7, P, 8], [P, P, P, 3, 4]]
+    assert b["positions"].tolist() == [[0, 0, 0, 1, 2], [0, 0, 0, 0, 1]]
+    assert b["targets"]["lm"].tolist() == [[-100, -100, -100, 8, 9],                # not PAD, not from padding
+                                           [-100, -100, -100, 4, 5]]
+    T = torch.arange(5)
+    causal = T[None, :] <= T[:, None]
+    keys = torch.tensor([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    want = (causal[None] & keys[:, None, :]) | torch.eye(5, dtype=torch.bool)     # a padding query sees itself
+    assert torch.equal(b["mask"], want[:, None])
+    all_padded = task._batch([[bin_segment(torch.tensor(rows[1]), P)]])
+    assert all_padded["input_ids"].shape == (1, 5)                                # the width is the window's
+
+
 def test_training_batch_matches_the_generation_loop(forecaster):
     """A left-padded training row sees what generate's prefill sees for the same prompt."""
     tok, model = forecaster.tok, forecaster.model
     rows = [[5, 9, 30, 31, 33, 2, 40], [tok.pad_id] * 3 + [7, tok.pad_id, 8, 9]]  # PAD inside row 1 stays a token
-    b = lm_batch(torch.tensor(rows), tok.pad_id)
+    task = BinSeriesTask({"a": [np.zeros(8)]}, [np.zeros(8)], tok, 4, 3, batch_size=2)
+    b = task._batch([[bin_segment(torch.tensor(r), tok.pad_id)] for r in rows])
     assert b["positions"][1].tolist() == [0, 0, 0, 0, 1, 2]
     assert b["targets"]["lm"][1].tolist() == [-100, -100, -100, -100, 8, 9]       # left padding and PAD targets
     h = model(input_ids=b["input_ids"], positions=b["positions"], mask=b["mask"])  # (B, T, D)
@@ -103,5 +126,4 @@ def test_recipe_trains_two_steps_and_loads_back(tmp_path):
     assert fc.model.config["meta"]["final_metrics"]["step"] == 2
     assert np.isfinite(fc.model.config["meta"]["final_metrics"]["val_loss"])
     assert fc.predict(np.arange(50.0), horizon=5, num_samples=4).shape == (1, 5, 3)
-    if hasattr(apps.forecast.model, "load_forecaster"):                                  # the checkpoint dispatch
-        assert isinstance(apps.forecast.model.load_forecaster(tmp_path / "model"), BinForecaster)
+    assert isinstance(load_forecaster(tmp_path / "model"), BinForecaster)                # the checkpoint dispatch

@@ -9,7 +9,10 @@ import pytest
 import torch
 import yaml
 
-from apps.forecast.model import Forecaster
+from apps.forecast.model import Forecaster, SegmentRollout
+from apps.forecast.recipe import SeriesTask
+from backbone.generate import run_to_end
+from modalities.timeseries import instance_stats, segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,8 +81,33 @@ def test_cli_forecast_writes_quantiles_and_refuses_bad_csv(forecaster, tmp_path)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_rollout_equals_one_forward_over_the_fed_back_medians(forecaster):
+    """The schedule's cached rollout == a plain forward over the context and the medians it fed back."""
+    m, S, T = forecaster.model, forecaster.S, forecaster.T
+    s = np.sin(np.arange(60) / 4)
+    x = segment(s, S, *instance_stats(s[-T * S:]), T)[None]                           # (1, T, 2S)
+    q = run_to_end(m, SegmentRollout(m, x, 3))                                        # (1, 3S, Q)
+    head = m.heads["forecast"]
+    med = q[..., head.mid].view(1, 3, S)[:, :2]
+    fed = torch.cat([x, torch.cat([med, torch.ones_like(med)], -1)], 1)              # (1, T + 2, 2S)
+    with torch.no_grad():
+        h = m(adapter_inputs={"segment": fed})                                        # (1, T + 2, D)
+        torch.testing.assert_close(head(h[:, T - 1:]).flatten(1, 2), q, atol=1e-5, rtol=1e-4)
+
+
+def test_series_batch_by_hand():
+    """One window of 3 segments of 2 points: inputs are the first 2, each position's target the
+    segment after it, all normalised by the context (mean 2, std 1)."""
+    s = np.array([1.0, 3.0, 1.0, 3.0, 5.0, 7.0])
+    task = SeriesTask([s], [s], seg_len=2, n_segments=2, batch_size=1, nan_prob=0.0)
+    b = task.train_batch(0, 0, slice(None))
+    assert set(b) == {"adapter_inputs", "targets"}                                    # no token ids: all segments
+    assert b["adapter_inputs"]["segment"].tolist() == [[[-1, 1, 1, 1], [-1, 1, 1, 1]]]
+    sel, y = b["targets"]["forecast"]
+    assert sel.tolist() == [[True, True]] and y.tolist() == [[-1, 1, 1, 1], [3, 5, 1, 1]]
+
+
 def test_series_task_pools_short_history_mixup_and_in_context():
-    from apps.forecast.model import SeriesTask
     rng = np.random.default_rng(0)
     pools = {"short": [rng.normal(size=n) for n in (9, 12, 20)], "long": [np.sin(np.arange(500) / 5)]}
     task = SeriesTask(pools, pools["long"], 4, 10, 16, eval_batches=2, context_segments=8, short_history=True,

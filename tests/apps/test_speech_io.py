@@ -1,5 +1,5 @@
-"""apps/tts/checks.py: text and reference-clip checks, sentence splitting, sentence-by-sentence
-speech, and ``omniar tts`` on a fake SpeechModel (tests/apps/fake_speech.py)."""
+"""apps/tts/checks.py: text and reference-clip checks, sentence splitting; apps/tts/model.py:
+sentence-by-sentence speech (``speak``) and ``omniar tts`` on a fake SpeechModel (tests/apps/fake_speech.py)."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from apps.tts.checks import (check_settings, check_text, check_voice_prompt, read_reference, speak,
-                            split_sentences)
+from apps.tts.checks import check_settings, check_text, check_voice_prompt, read_reference, split_sentences
+from apps.tts.model import speak
 from fake_speech import FakeSpeechModel, patch_from_pretrained  # tests/apps/fake_speech.py
 
 SR = 16000

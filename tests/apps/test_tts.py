@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apps.tts.model import SpeechModel
-from apps.tts.recipe import build_model
+from apps.tts.recipe import TTSTask, build_model
 from backbone.generate import decode_one_token, prefill
 from modalities.speech import SpeechVocab, ar_mask, ar_row, dgm_keys, frame_phoneme
 from modalities.speech_codec import Codec
@@ -52,6 +52,38 @@ def test_cached_dgm_decoding_equals_the_training_forward(vocab):
             mask = keys[None, None, None, :]
         h = decode_one_token(m, ids[:, t], state, mask=mask)
         assert torch.allclose(h, full[:, t], atol=1e-5), t
+
+
+class OneUtterance:
+    """SpeechData with one utterance: phonemes a b, durations 1 0, pitch 3 0, one frame of codes 5, 7."""
+    vocab = SpeechVocab(["a", "b"], bins=16)
+    all_codes = torch.tensor([[5], [7]])
+    items = [{"split": s, "phonemes": ["a", "b"], "durs": [1, 0], "pitch": [3, 0], "F": 1} for s in ("train", "val")]
+
+    def rows(self, split):
+        return [r for r in self.items if r["split"] == split]
+
+    def codes(self, r):
+        return self.all_codes
+
+
+def test_task_batch_by_hand():
+    """One AR row (RALL-E) and one NAR row (n_q = 2: level 1; one frame: no acoustic prompt), packed."""
+    b = TTSTask(OneUtterance(), batch_size=2, cot=True, dgm_k=1).train_batch(0, 0, slice(0, 2))
+    # vocab: specials 0-4, phonemes a=5 b=6, durations from 7, pitch bins from 39, codes from 55
+    assert b["input_ids"].tolist() == [[1, 5, 6, 2, 8, 42, 7, 39, 3, 60, 4], [1, 5, 6, 3, 0] + [0] * 6]
+    lm = [-100] * 3 + [8, 42, 7, 39, -100, 60, 4, -100]     # prosody, codes, <eos>; not <pros>, <sos>
+    assert b["targets"]["lm"].tolist() == [lm, [-100] * 11]
+    sel, tgt = b["targets"]["nar"]
+    assert sel.nonzero().tolist() == [[1, 4]] and tgt.tolist() == [7]   # level 1's code of the frame
+    codes, level = b["adapter_inputs"]["codes"]
+    assert b["embed_mask"].nonzero().tolist() == [[1, 4]]
+    assert codes[1, 4].tolist() == [5, -1] and level[1, 4] == 1 and (codes[0] == -1).all() and level.sum() == 1
+    m = b["mask"][:, 0]
+    assert m[0, :3, :3].all() and not m[0, 2, 3] and m[0, 10, :11].all()  # prefix-LM; the window spans a, b
+    assert m[1, :5, :5].all() and not m[1, :5, 5:].any() and m[1, 7, 7] and not m[1, 7, 6]
+    half = TTSTask(OneUtterance(), batch_size=2, cot=True, dgm_k=1).train_batch(0, 0, slice(1, 2))
+    assert half["input_ids"].tolist() == b["input_ids"][1:].tolist() and half["targets"]["nar"][1].tolist() == [7]
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +155,9 @@ def test_train_codec_and_tts_commands_two_steps(tmp_path, vocab):
 def test_static_cache_path_gives_the_same_speech(vocab, codec, cot, monkeypatch):
     """``compile=True`` decodes over a static cache of block_size slots with full-width masks; with
     the compiler swapped for the plain step, it must give the very same audio as the dynamic cache."""
-    import apps.tts.model as tts_mod
+    import apps.tts.schedule as schedule
     from backbone.generate import decode_step
-    monkeypatch.setattr(tts_mod, "compiled_decode_step", lambda model: decode_step)
+    monkeypatch.setattr(schedule, "compiled_decode_step", lambda model: decode_step)
     model = tiny(vocab, cot)
     a = SpeechModel(model, codec).synthesize("Hello world.", seed=3, max_frames=25)
     b = SpeechModel(model, codec, compile=True).synthesize("Hello world.", seed=3, max_frames=25)

@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from apps.forecast.model import Forecaster, ett_series
+from apps.forecast.model import Forecaster
+from apps.forecast.recipe import ett_series
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSET = ROOT / "assets" / "forecast-etth1"

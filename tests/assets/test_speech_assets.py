@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.speech_corpus import HELDOUT_VOICE, synth
+from apps.tts.model import SpeechModel
+from benchmarks.metrics.speech_asr import phoneme_error_rate
+from benchmarks.metrics.speech_checks import SpeakerEncoder
+from modalities.speech_align import CTCRecognizer
+from modalities.speech_codec import Codec
+from modalities.speech_corpus import HELDOUT_VOICE, phonemes_of, synth
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 RALLE_PER_MAX = 0.6   # measured 0.44 (CTC phoneme error rate; espeak-ng's own audio: 0.01)
@@ -17,7 +22,6 @@ SENTENCES = ["The small dog ran across the green field.", "Please bring me a gla
 
 @pytest.fixture(scope="module")
 def ctc():
-    from modalities.speech_checks import CTCRecognizer
     return CTCRecognizer.from_pretrained(ASSETS / "speech-ctc")
 
 
@@ -33,14 +37,11 @@ def refs():
 
 
 def test_ctc_reads_espeak_speech(ctc, refs):
-    from modalities.speech_checks import phoneme_error_rate
     per = phoneme_error_rate([p for _, p in refs], ctc.transcribe([w for w, _ in refs]))
     assert per < 0.05, per
 
 
 def test_codec_resynthesis_stays_intelligible(ctc, refs):
-    from modalities.speech_checks import phoneme_error_rate
-    from modalities.speech_codec import Codec
     codec = Codec.from_pretrained(ASSETS / "speech-codec")
     resyn = [codec.decode(codec.encode(w))[0, 0, :len(w)] for w, _ in refs]
     per = phoneme_error_rate([p for _, p in refs], ctc.transcribe(resyn))
@@ -50,7 +51,6 @@ def test_codec_resynthesis_stays_intelligible(ctc, refs):
 
 
 def test_speaker_encoder_tells_voices_apart(refs):
-    from modalities.speech_checks import SpeakerEncoder
     enc = SpeakerEncoder.from_pretrained(ASSETS / "speech-speaker")
     e = enc.embed([w for w, _ in refs])                     # 3 held-out-voice clips, then 3 of en+m2
     same = [float(e[i] @ e[j]) for i, j in [(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)]]
@@ -60,15 +60,12 @@ def test_speaker_encoder_tells_voices_apart(refs):
 
 @pytest.fixture(scope="module")
 def tts():
-    from apps.tts.model import SpeechModel
     return SpeechModel.from_pretrained(ASSETS / "speech-tts")
 
 
 def test_ralle_speaks_new_sentences(tts, ctc):
     """RALL-E on sentences it never saw, fixed seeds: the CTC recogniser reads most phonemes, and
     each clip stops exactly where the predicted durations say."""
-    from modalities.speech_checks import phoneme_error_rate
-    from modalities.speech_corpus import phonemes_of
     outs = [tts.synthesize(s, seed=i) for i, s in enumerate(SENTENCES)]
     for o in outs:
         assert o.n_frames == sum(o.durations) and len(o.wav) == o.n_frames * tts.hop
@@ -79,7 +76,6 @@ def test_ralle_speaks_new_sentences(tts, ctc):
 def test_voice_prompt_moves_towards_the_held_out_voice(tts, refs):
     """A clip of the held-out voice (never trained on) as prompt: the speech is closer to that voice
     than the unprompted model's, by the speaker encoder's cosine."""
-    from modalities.speech_checks import SpeakerEncoder
     enc = SpeakerEncoder.from_pretrained(ASSETS / "speech-speaker")
     text = "Good morning, how are you today?"
     wav, events = synth(text, HELDOUT_VOICE, 170)

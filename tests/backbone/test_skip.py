@@ -1,4 +1,4 @@
-"""Layer skipping: SkipDecode's early exit keeps the KV cache valid; FFN-SkipLLM skips FFNs."""
+"""Layer skipping: the early-exit schedule (SkipDecode's) keeps the KV cache valid; FFN-SkipLLM skips FFNs."""
 import pytest
 import torch
 
@@ -17,7 +17,7 @@ def deep_model(make_tiny_lm):
 
 
 def test_exit_schedule_falls_monotonically():
-    s = LayerSkip(mode="exit", min_layers=2)
+    s = LayerSkip(mode="early_exit", min_layers=2)
     sched = [s.n_layers(t, 6, 20) for t in range(20)]
     assert sched[0] == 6 and sched[-1] == 2
     assert all(a >= b for a, b in zip(sched, sched[1:]))
@@ -28,7 +28,7 @@ def test_early_exit_with_cache_equals_cache_free_recompute(deep_model):
     """Token t leaves after n_layers(t) layers. Because the schedule never rises, the cached
     keys/values it attends to are exactly those a cache-free run of n_layers(t) layers
     computes: the cache stays valid."""
-    skip, prompt, n = LayerSkip(mode="exit", min_layers=1), [5, 6, 7], 12
+    skip, prompt, n = LayerSkip(mode="early_exit", min_layers=1), [5, 6, 7], 12
     got = rows(generate(deep_model, [prompt], SamplingParams(temperature=0, max_new_tokens=n), skip=skip))[0]
     seq = list(prompt)
     for t in range(n):
@@ -41,7 +41,7 @@ def test_early_exit_with_cache_equals_cache_free_recompute(deep_model):
 def test_no_skipping_is_plain_decoding(deep_model):
     params = SamplingParams(temperature=0, max_new_tokens=15)
     plain = rows(generate(deep_model, [[1, 2], [3]], params))
-    assert rows(generate(deep_model, [[1, 2], [3]], params, skip=LayerSkip(mode="exit", min_layers=4))) == plain
+    assert rows(generate(deep_model, [[1, 2], [3]], params, skip=LayerSkip(mode="early_exit", min_layers=4))) == plain
     assert rows(generate(deep_model, [[1, 2], [3]], params, skip=LayerSkip(mode="ffn", threshold=1.0))) == plain
 
 

@@ -1,4 +1,5 @@
 """Draft head: shapes, identity start, distillation loss that learns, fallback policy."""
+import pytest
 import torch
 
 from backbone.container import OmniModel, part
@@ -23,16 +24,30 @@ def test_starts_as_the_identity_on_the_state():
 
 def test_draft_shapes_greedy_and_sampled(seed):
     m = model_with_head()
-    head, emb, lm = m.heads["draft"], m.backbone.tok_embeddings, m.heads["lm"]
+    head = m.heads["draft"]
     h, tok = torch.randn(2, m.args.dim), torch.tensor([1, 2])
-    t, lengths, q = head.draft(h, tok, emb, lm, 5)
+    t, lengths, q = head.sample(h, token=tok, gamma=5)
     assert t.shape == (2, 5) and lengths.tolist() == [5, 5] and q is None
     g = torch.Generator().manual_seed(0)
-    t, lengths, q = head.draft(h, tok, emb, lm, 3, SamplingParams(temperature=1.0), g)
+    t, lengths, q = head.sample(h, token=tok, gamma=3, params=SamplingParams(temperature=1.0), generator=g)
     assert t.shape == (2, 3) and q.shape == (2, 3, 16)
     torch.testing.assert_close(q.sum(-1), torch.ones(2, 3, dtype=q.dtype))
-    t, lengths, _ = head.draft(h, tok, emb, lm, 4, fallback=1.01)  # never sure enough: no draft
+    t, lengths, _ = head.sample(h, token=tok, gamma=4, fallback=1.01)  # never sure enough: no draft
     assert t.shape[1] == 0 and lengths.tolist() == [0, 0]
+
+
+def test_shares_the_models_embedding_and_lm_head_without_owning_them(tmp_path):
+    """attach: the head uses the model's parts, but its state dict holds only its own weights,
+    so a checkpoint keeps its keys and loads back (strict) with the head attached again."""
+    m = model_with_head()
+    emb, lm = m.heads["draft"].shared
+    assert emb is m.backbone.tok_embeddings and lm is m.heads["lm"]
+    assert all(k.startswith(("fuse.", "blocks.")) for k in m.heads["draft"].state_dict())
+    back = OmniModel.from_pretrained(m.save_pretrained(tmp_path / "m"))
+    assert back.heads["draft"].shared[1] is back.heads["lm"]
+    assert set(back.state_dict()) == set(m.state_dict())
+    with pytest.raises(RuntimeError, match="not attached"):
+        DraftHead(8, 10).loss(torch.randn(1, 4, 8), torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_distillation_on_the_frozen_model_learns_its_next_tokens():

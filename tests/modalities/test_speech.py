@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.speech import (BOS, EOS, PROS, SOS, CodecEmbed, SpeechVocab, ar_mask, ar_row, frame_bounds,
-                               frame_phoneme, frame_pitch, nar_row, phoneme_prosody)
+from backbone.sequence import pack
+from modalities.speech import (BOS, EOS, PAD, PROS, SOS, CodecEmbed, SpeechVocab, ar_mask, ar_row, ar_segments,
+                               frame_bounds, frame_phoneme, frame_pitch, nar_row, phoneme_prosody)
 
 SR, HOP = 16000, 320
 
@@ -84,14 +85,30 @@ def test_ar_mask_prefix_causal_and_duration_window(vocab):
 
 def test_nar_row_and_codec_embed():
     codes = np.arange(12).reshape(3, 4) % 5               # n_q=3, F=4
-    ids, c, lv, f0 = nar_row([6, 7], codes, level=2, n_prompt=1)
-    assert ids[:4] == [BOS, 6, 7, SOS] and f0 == 4 and len(ids) == 8
-    assert c[4].tolist() == codes[:, 0].tolist()         # prompt frame: every level
-    assert c[5].tolist() == [codes[0, 1], codes[1, 1], -1] and lv[5] == 2
-    assert (c[:4] == -1).all() and (lv[:5] == 0).all()
+    tokens, frames = nar_row([6, 7], codes, level=2, n_prompt=1, bins=5)
+    assert tokens.ids.tolist() == [BOS, 6, 7, SOS] and frames.ids.tolist() == [PAD] * 4
+    c, lv = frames.values
+    assert c[0].tolist() == codes[:, 0].tolist()         # prompt frame: every level
+    assert c[1].tolist() == [codes[0, 1], codes[1, 1], -1] and lv.tolist() == [0, 2, 2, 2]
+    assert frames.head == "nar" and frames.shift == 0 and frames.scored_mask().tolist() == [False, True, True, True]
+    assert frames.target[1:].tolist() == (5 + codes[2, 1:]).tolist()   # (level - 1) * bins + code
+    x = pack([[tokens, frames]])
+    assert x.embed_mask[0].tolist() == [False] * 4 + [True] * 4
+    assert x.targets["nar"][0][0].tolist() == [False] * 5 + [True] * 3   # predicted at their own slots
     emb = CodecEmbed(n_q=3, bins=5, dim=8)
-    x = emb({"codes": c[None], "level": lv[None]})
+    x = emb(x.adapter_inputs["codes"])
     assert x.shape == (1, 8, 8)
     want = emb.codes.weight[codes[0, 1]] + emb.codes.weight[5 + codes[1, 1]] + emb.level.weight[2]
     assert torch.allclose(x[0, 5], want)
     assert torch.equal(x[0, 0], torch.zeros(8))
+    assert nar_row([6], codes, level=1, n_prompt=0)[1].head is None        # inference: no targets
+
+
+def test_ar_segments_score_prosody_codes_and_eos(vocab):
+    lay = ar_row(vocab, [6, 7], [3, 1], [1, 0], [4, 5])
+    x = pack([ar_segments(lay)])
+    assert x.ids[0].tolist() == lay.ids
+    want = [-100] * len(lay.ids)
+    for t in [*range(lay.pros0, lay.sos), *range(lay.sos + 1, len(lay.ids))]:   # not <pros>, not <sos>
+        want[t - 1] = lay.ids[t]
+    assert x.targets["lm"][0].tolist() == want

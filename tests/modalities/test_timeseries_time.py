@@ -45,7 +45,8 @@ def test_encoder_is_cached_and_matches_a_direct_forward(text_folder):
 
 
 def test_forecaster_with_timestamps(text_folder, tmp_path):
-    from apps.forecast.model import Forecaster, run
+    from apps.forecast.model import Forecaster
+    from apps.forecast.recipe import run
     dates = pd.date_range("2016-07-01", periods=20 * 30 * 24, freq="h")
     t = np.arange(len(dates))
     lines = ["date,OT"] + [f"{d:%Y-%m-%d %H:%M:%S},{np.sin(2 * np.pi * i / 24):.4f}" for d, i in zip(dates, t)]

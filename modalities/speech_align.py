@@ -1,42 +1,30 @@
-"""Speech recognition for evaluating text-to-speech (modalities/speech_checks.py re-exports all of it):
+"""CTC phoneme recognition and forced alignment: the per-phoneme starts of a voice-prompt clip that
+``omniar tts --voice-prompt`` needs for RALL-E's prosody tokens (apps/tts/model.py loads the
+shipped recogniser from assets/speech-ctc).
 
-* ``pocketsphinx_wer``: word error rate of clips read by PocketSphinx 5 (CMU Sphinx; its bundled
-  US-English acoustic model and CMUdict) under a JSGF word-loop grammar over the test vocabulary.
-  The acoustic model was trained on human speech, so even the espeak-ng references score far from
-  0 (about 0.45-0.5 on corpus test clips with a ~60-word grammar); read it relative to the
-  references decoded with the same grammar, not as an absolute intelligibility.
-* ``CTCRecognizer``: a small phoneme recogniser trained here with CTC (Graves et al. 2006) on the
-  corpus train split (modalities/speech_corpus.py; ``train_ctc`` is in speech_checks.py), for the
-  phoneme error rate of generated speech and for CTC forced alignment (per-phoneme starts of a
-  voice-prompt clip).
+``CTCRecognizer`` is a small phoneme recogniser trained here with CTC (Graves et al. 2006) on the
+corpus train split (modalities/speech_corpus.py; its training, and the phoneme error rate it is
+scored by, are evaluation code: benchmarks/metrics/speech_checks.py). ``align`` runs
+torchaudio's CTC forced alignment; ``transcribe`` reads phonemes greedily.
 
 Audio everywhere is mono float at 16 kHz (SAMPLE_RATE) in [-1, 1]: a list of (T,) clips.
 """
 from __future__ import annotations
 
-import functools
 import json
-import math
 import os
-import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchaudio.functional as AF
+from safetensors.torch import load_model, save_model
 
 from modalities.speech_corpus import PAUSE, SAMPLE_RATE
 
 MIN_SAMPLES = SAMPLE_RATE // 10     # shorter clips are zero-padded to 0.1 s (the convs need frames)
-# Decoder settings, tuned on the first 10 corpus test clips (a grammar of their 58 words): beams
-# 1e-35 instead of 1e-48 (twice as fast, the same WER here; 1e-20 loses the final state and
-# returns nothing), word insertion penalty 0.01 instead of 0.65 and no filler words inside the loop
-# (fewer runs of short inserted words). With PS_DITHER: WER 0.86 -> 0.47; the next 10 clips: 0.50.
-PS_OPTIONS = dict(beam=1e-35, pbeam=1e-35, wbeam=1e-25, wip=1e-2, fsgusefiller=False)
-PS_DITHER = 3.0 / 32768             # espeak-ng writes exact digital silence, whose log energies
-                                    # hurt PocketSphinx (WER 0.69 -> 0.58); seeded, unlike -dither
 
 
 # ---- audio input ---------------------------------------------------------------------------------
@@ -71,129 +59,6 @@ def pad_batch(clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
 
-# ---- word error rate -----------------------------------------------------------------------------
-def normalize_words(text: str) -> list[str]:
-    """Lowercase words without punctuation; apostrophes only inside words ("'Tis so!" -> ['tis', 'so'])."""
-    return [w.strip("'") for w in re.findall(r"[a-z']+", text.lower()) if w.strip("'")]
-
-
-def edit_ops(ref: list, hyp: list) -> dict[str, int]:
-    """Levenshtein alignment of two token lists -> {"hits", "substitutions", "deletions",
-    "insertions"}; the three error counts sum to the edit distance. Ties prefer a substitution."""
-    n, m = len(ref), len(hyp)
-    d = np.zeros((n + 1, m + 1), dtype=np.int64)
-    d[:, 0], d[0, :] = np.arange(n + 1), np.arange(m + 1)
-    for i in range(1, n + 1):
-        for j in range(1, m + 1):
-            d[i, j] = min(d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]), d[i - 1, j] + 1, d[i, j - 1] + 1)
-    ops = dict(hits=0, substitutions=0, deletions=0, insertions=0)
-    i, j = n, m
-    while i or j:            # walk back along one optimal path
-        if i and j and d[i, j] == d[i - 1, j - 1] + (ref[i - 1] != hyp[j - 1]):
-            ops["hits" if ref[i - 1] == hyp[j - 1] else "substitutions"] += 1
-            i, j = i - 1, j - 1
-        elif i and d[i, j] == d[i - 1, j] + 1:
-            ops["deletions"] += 1
-            i -= 1
-        else:
-            ops["insertions"] += 1
-            j -= 1
-    return ops
-
-
-def _error_rate(refs: list[list], hyps: list[list]) -> float:
-    if len(refs) != len(hyps):
-        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    n = sum(len(r) for r in refs)
-    if n == 0:
-        raise ValueError("the references hold no tokens")
-    errors = sum(sum(v for k, v in edit_ops(r, h).items() if k != "hits") for r, h in zip(refs, hyps))
-    return errors / n
-
-
-def wer(refs: list, hyps: list) -> float:
-    """Corpus word error rate: total word edits / total reference words. Each item is a text
-    (normalised with normalize_words) or a list of words; can exceed 1 with insertions."""
-    as_words = lambda t: normalize_words(t) if isinstance(t, str) else list(t)   # noqa: E731
-    return _error_rate([as_words(r) for r in refs], [as_words(h) for h in hyps])
-
-
-def phoneme_error_rate(refs: list[list[str]], hyps: list[list[str]]) -> float:
-    """Corpus phoneme error rate of phoneme lists, pauses ('_') removed on both sides (where
-    espeak-ng pauses is a prosody choice, not a pronunciation)."""
-    strip = lambda ps: [p for p in ps if p != PAUSE]    # noqa: E731
-    return _error_rate([strip(r) for r in refs], [strip(h) for h in hyps])
-
-
-@functools.lru_cache(maxsize=1)
-def _cmudict() -> dict[str, list[str]]:
-    """PocketSphinx's bundled CMUdict: word -> pronunciations (ARPAbet strings)."""
-    from pocketsphinx import get_model_path
-    prons: dict[str, list[str]] = {}
-    with open(get_model_path("en-us/cmudict-en-us.dict"), encoding="utf-8") as f:
-        for line in f:
-            word, pron = line.split(maxsplit=1)
-            prons.setdefault(re.sub(r"\(\d+\)$", "", word), []).append(pron.split("#")[0].strip())
-    return prons
-
-
-def pocketsphinx_wer(wavs, refs: list[str], vocab: list[str] | None = None, seed: int = 0) -> dict:
-    """Read clips (list of (T,) float at 16 kHz) with PocketSphinx and score against ``refs`` (texts).
-
-    The grammar is a loop over the vocabulary words, ``public <utt> = (w1 | w2 | ...)+``: any word
-    sequence, no language model, so the score is about the acoustics. ``vocab`` defaults to every
-    word of ``refs``. Words not in CMUdict (after also trying a leading/trailing apostrophe, for
-    'tis) cannot be recognised: they are left out of the grammar and count as errors; "oov" lists
-    them and "oov_tokens" counts their occurrences in the references.
-
-    Returns {"wer", "n_words", "substitutions", "deletions", "insertions", "hyps" (normalised
-    texts), "refs" (normalised texts), "vocab_size", "oov", "oov_tokens"}."""
-    from pocketsphinx import Decoder, get_model_path
-    clips = as_clips(wavs)
-    if len(refs) != len(clips):
-        raise ValueError(f"{len(clips)} clips but {len(refs)} reference texts")
-    ref_words = [normalize_words(r) for r in refs]
-    words = sorted({w for ws in ref_words for w in ws} if vocab is None else {w for v in vocab for w in normalize_words(v)})
-    prons, entry, oov = _cmudict(), {}, []
-    for w in words:
-        found = [c for c in (w, f"'{w}", f"{w}'") if c in prons]
-        if found:
-            entry[w] = found[0]
-        else:
-            oov.append(w)
-    if not entry:
-        raise ValueError(f"none of the {len(words)} vocabulary words is in CMUdict")
-    grammar = f"#JSGF V1.0;\ngrammar loop;\npublic <utt> = ( {' | '.join(sorted(entry.values()))} )+ ;\n"
-    hyps = []
-    with tempfile.TemporaryDirectory() as tmp:
-        # a dictionary of just the grammar words: loading all 135k CMUdict entries takes longer
-        # than decoding a few clips
-        lines = [f"{e}{'' if k == 0 else f'({k + 1})'} {p}" for e in sorted(entry.values())
-                 for k, p in enumerate(prons[e])]
-        Path(tmp, "vocab.dict").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        dec = Decoder(hmm=get_model_path("en-us/en-us"), dict=str(Path(tmp, "vocab.dict")), lm=None,
-                      loglevel="FATAL", **PS_OPTIONS)
-        dec.add_jsgf_string("loop", grammar)
-        dec.activate_search("loop")
-        for i, clip in enumerate(clips):
-            x = clip.numpy().astype(np.float64) + np.random.default_rng(seed + i).normal(0, PS_DITHER, len(clip))
-            dec.start_utt()
-            dec.process_raw(np.clip(np.rint(x * 32767), -32768, 32767).astype(np.int16).tobytes(), full_utt=True)
-            dec.end_utt()
-            hyp = dec.hyp()
-            hyps.append(normalize_words(hyp.hypstr) if hyp is not None else [])
-    totals = dict(hits=0, substitutions=0, deletions=0, insertions=0)
-    for r, h in zip(ref_words, hyps):
-        for k, v in edit_ops(r, h).items():
-            totals[k] += v
-    n = sum(map(len, ref_words))
-    oov_set = set(oov)
-    return {"wer": (totals["substitutions"] + totals["deletions"] + totals["insertions"]) / max(n, 1),
-            "n_words": n, **{k: totals[k] for k in ("substitutions", "deletions", "insertions")},
-            "hyps": [" ".join(h) for h in hyps], "refs": [" ".join(r) for r in ref_words],
-            "vocab_size": len(entry), "oov": oov, "oov_tokens": sum(w in oov_set for ws in ref_words for w in ws)}
-
-
 # ---- features and folders ------------------------------------------------------------------------
 class LogMel(nn.Module):
     """(B, T) float at 16 kHz with lengths (B,) -> (log-mel (B, n_mels, F), frame lengths (B,)).
@@ -205,7 +70,6 @@ class LogMel(nn.Module):
 
     def __init__(self, n_mels: int = 80, hop: int = 160, n_fft: int = 400):
         super().__init__()
-        import torchaudio.functional as AF
         self.hop, self.n_fft = hop, n_fft
         # fixed tensors, rebuilt on load rather than saved
         self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
@@ -239,7 +103,6 @@ class Pretrained(nn.Module):
     KIND = ""
 
     def save_pretrained(self, folder, **meta) -> Path:
-        from safetensors.torch import save_model
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_model(self, str(folder / "model.safetensors.tmp"))
@@ -250,7 +113,6 @@ class Pretrained(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder, device=None):
-        from safetensors.torch import load_model
         folder = Path(folder)
         for f in ("config.json", "model.safetensors"):
             if not (folder / f).is_file():
@@ -279,23 +141,6 @@ class ConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.drop(self.conv(F.gelu(self.norm(x.transpose(1, 2)).transpose(1, 2))))
-
-
-def cosine_lr(frac: float, peak: float, warmup: float = 0.05) -> float:
-    """LR at fraction ``frac`` of a wall-clock budget: linear warmup then cosine decay to 5% of peak."""
-    if frac < warmup:
-        return peak * max(frac, 1e-3) / warmup
-    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warmup) / (1 - warmup)))))
-
-
-def augment(wav: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """(B, T) -> same: random gain (+-6 dB) and white noise at 25-50 dB SNR, so the models do not
-    depend on espeak-ng's exact level and digital silence (generated audio has neither)."""
-    b = wav.shape[0]
-    gain = 10 ** ((torch.rand(b, 1, generator=gen) * 12 - 6) / 20)
-    rms = wav.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-4)
-    snr = torch.rand(b, 1, generator=gen) * 25 + 25
-    return gain * (wav + rms * 10 ** (-snr / 20) * torch.randn(wav.shape, generator=gen))
 
 
 # ---- CTC phoneme recogniser ----------------------------------------------------------------------
@@ -367,7 +212,6 @@ class CTCRecognizer(Pretrained):
         put halfway through the blanks between two emissions (against espeak-ng's exact starts on
         corpus test clips this halves the bias of "first emitted frame", +19 ms -> -9 ms, with a
         model trained 80 s: mean error 19 ms, 67% within 20 ms)."""
-        import torchaudio.functional as AF
         unknown = sorted({p for p in phonemes if p not in self.index})
         if unknown:
             raise ValueError(f"phonemes not in the recogniser's set: {unknown}")

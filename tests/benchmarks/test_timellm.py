@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 
 from backbone.container import OmniModel, part
 from backbone.transformer import ModelArgs
+from benchmarks.baselines.timellm import TimeLLM, instance_norm
 from heads.lm import LMHead
-from heads.reprogram import TimeLLM, instance_norm
 from modalities.text import BPETokenizer
 from modalities.timeseries import instance_stats
 

@@ -1,25 +1,28 @@
-"""Evaluation of generated speech (text-to-speech on the espeak-ng corpus, modalities/speech_corpus.py):
+"""Evaluation models for generated speech (text-to-speech on the espeak-ng corpus,
+modalities/speech_corpus.py), trained here on CPU (wall-clock budgets) and saved as config.json +
+model.safetensors; loading reads safetensors only:
 
-* intelligibility: ``pocketsphinx_wer`` (word error rate read by PocketSphinx under a word-loop
-  grammar) and ``CTCRecognizer`` + ``phoneme_error_rate`` (a phoneme recogniser trained here),
-  both in modalities/speech_asr.py and re-exported here; ``CTCRecognizer.align`` gives the
-  per-phoneme starts of a voice-prompt clip (CTC forced alignment);
+* ``train_ctc`` trains the CTC phoneme recogniser (modalities/speech_align.py: the voice prompt's
+  forced aligner at run time, and here the phoneme error rate of generated speech, with
+  ``phoneme_error_rate`` and ``pocketsphinx_wer`` in benchmarks/metrics/speech_asr.py);
 * speaker similarity: ``SpeakerEncoder``, a small classifier of the corpus training speakers whose
   pooled embedding (L2-normalised) is compared by cosine (``speaker_similarity``), the way
   speaker-verification models such as WavLM-TDNN are used in VALL-E's evaluation, but trained
   here; ``calibrate`` reports the same-/different-speaker cosines and the EER on unseen sentences,
   including the held-out voice (HELDOUT_VOICE), to read those numbers against.
 
-Both models are trained here on CPU (wall-clock budgets) and saved as config.json +
-model.safetensors; loading reads safetensors only.
-
-    python -m modalities.speech_checks train-ctc --out assets/speech-ctc --seconds 360
-    python -m modalities.speech_checks train-speaker --out assets/speech-speaker --seconds 240
-    python -m modalities.speech_checks wer --n 10          # PocketSphinx on corpus reference clips
+    python -m benchmarks.metrics.speech_checks train-ctc --out assets/speech-ctc --seconds 360
+    python -m benchmarks.metrics.speech_checks train-speaker --out assets/speech-speaker --seconds 240
+    python -m benchmarks.metrics.speech_checks wer --n 10          # PocketSphinx on corpus reference clips
 """
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import random
+import shlex
+import sys
 import time
 
 import numpy as np
@@ -27,13 +30,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modalities.speech_asr import (CTCRecognizer, ConvBlock, LogMel, Pretrained, as_clips, augment,  # noqa: F401
-                                   cosine_lr, edit_ops, normalize_words, pad_batch, phoneme_error_rate,
-                                   pocketsphinx_wer, wer)
-from modalities.speech_corpus import HELDOUT_VOICE, PAUSE, SAMPLE_RATE
+from benchmarks.metrics.speech_asr import phoneme_error_rate, pocketsphinx_wer
+from modalities.speech_align import CTCRecognizer, ConvBlock, LogMel, Pretrained, as_clips, pad_batch
+from modalities.speech_corpus import HELDOUT_VOICE, PAUSE, SAMPLE_RATE, Corpus
 
-__all__ = ["pocketsphinx_wer", "wer", "edit_ops", "normalize_words", "phoneme_error_rate", "CTCRecognizer",
-           "train_ctc", "SpeakerEncoder", "train_speaker", "speaker_similarity", "eer", "calibrate", "main"]
+
+def cosine_lr(frac: float, peak: float, warmup: float = 0.05) -> float:
+    """LR at fraction ``frac`` of a wall-clock budget: linear warmup then cosine decay to 5% of peak."""
+    if frac < warmup:
+        return peak * max(frac, 1e-3) / warmup
+    return peak * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, (frac - warmup) / (1 - warmup)))))
+
+
+def augment(wav: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(B, T) -> same: random gain (+-6 dB) and white noise at 25-50 dB SNR, so the models do not
+    depend on espeak-ng's exact level and digital silence (generated audio has neither)."""
+    b = wav.shape[0]
+    gain = 10 ** ((torch.rand(b, 1, generator=gen) * 12 - 6) / 20)
+    rms = wav.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-4)
+    snr = torch.rand(b, 1, generator=gen) * 25 + 25
+    return gain * (wav + rms * 10 ** (-snr / 20) * torch.randn(wav.shape, generator=gen))
 
 
 def train_ctc(corpus, out_folder, seconds: float = 360.0, seed: int = 0, device: str = "cpu",
@@ -258,9 +274,6 @@ def train_speaker(corpus, out_folder, seconds: float = 240.0, seed: int = 0, dev
 
 
 def main(argv=None) -> None:
-    import argparse
-    import json
-    from modalities.speech_corpus import Corpus
     ap = argparse.ArgumentParser(description="Train / run the speech evaluation models")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, out, secs in (("train-ctc", "assets/speech-ctc", 360), ("train-speaker", "assets/speech-speaker", 240)):
@@ -278,10 +291,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     corpus = Corpus(a.corpus)
     if a.cmd in ("train-ctc", "train-speaker"):
-        import shlex
-        import sys
         model = (train_ctc if a.cmd == "train-ctc" else train_speaker)(corpus, a.out, a.seconds, a.seed)
-        model.meta["train_command"] = "python -m modalities.speech_checks " + shlex.join(
+        model.meta["train_command"] = "python -m benchmarks.metrics.speech_checks " + shlex.join(
             sys.argv[1:] if argv is None else argv)
         model.save_pretrained(a.out, **model.meta)   # the command that reproduces the folder
         print(json.dumps(model.meta))

@@ -1,7 +1,15 @@
 """The hard set: 50 sentences where codec LMs skip or repeat words, in the spirit of RALL-E's 50
 hard sentences (Xin et al. 2024, Sec. 4): tongue twisters, runs of repeated words, and long
-sentences. Written for this project; the tongue twisters are traditional."""
+sentences. Written for this project; the tongue twisters are traditional.
+
+The TTS evaluation (benchmarks/tts_eval.py) reads them from the corpus's ``hard`` split, spoken by
+training speakers; build the corpus with that split (the other splits as modalities/speech_corpus.py):
+
+    python -m benchmarks.metrics.speech_hard --out runs/speech/corpus --n-train 6000
+"""
 from __future__ import annotations
+
+from modalities.speech_corpus import main as build_corpus_cli
 
 TONGUE_TWISTERS = [
     "She sells sea shells by the sea shore.",
@@ -68,3 +76,7 @@ def hard_sentences() -> list[str]:
     out = TONGUE_TWISTERS + REPEATED_WORDS + LONG_SENTENCES
     assert len(out) == 50, len(out)
     return out
+
+
+if __name__ == "__main__":
+    build_corpus_cli(extra={"hard": hard_sentences()})

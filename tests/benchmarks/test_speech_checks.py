@@ -1,17 +1,15 @@
-"""Speech evaluation (modalities/speech_checks.py, modalities/speech_asr.py): WER / PER arithmetic,
-PocketSphinx on espeak-ng clips, the CTC recogniser and speaker encoder (shapes, folders, bad
-input, forced alignment) and a seconds-long training smoke run. Audio comes from ``synth``, never
-from runs/."""
-import json
-
+"""Speech evaluation (benchmarks/metrics/speech_checks.py, benchmarks/metrics/speech_asr.py): WER / PER
+arithmetic, PocketSphinx on espeak-ng clips, the speaker encoder (shapes, folders, bad input) and
+seconds-long training smoke runs of both evaluation models. Audio comes from ``synth``, never from runs/."""
 import numpy as np
 import pytest
 import torch
 
-from modalities.speech_checks import (CTCRecognizer, SpeakerEncoder, calibrate, edit_ops, eer, normalize_words,
-                                      phoneme_error_rate, pocketsphinx_wer, speaker_similarity, train_ctc,
-                                      train_speaker, wer)
-from modalities.speech_corpus import PAUSE, SAMPLE_RATE, synth
+from benchmarks.metrics.speech_asr import edit_ops, normalize_words, phoneme_error_rate, pocketsphinx_wer, wer
+from benchmarks.metrics.speech_checks import (SpeakerEncoder, calibrate, eer, speaker_similarity, train_ctc,
+                                              train_speaker)
+from modalities.speech_align import CTCRecognizer
+from modalities.speech_corpus import PAUSE, synth
 
 PHONEMES = ["_", "a", "b", "d", "eɪ", "h", "l", "n", "oʊ", "s", "t", "æ", "ð", "ə", "ɚ", "ɛ", "ɛɹ", "ɪ", "ɹ"]
 
@@ -42,11 +40,6 @@ def corpus():
              ("test", texts[1], "en-us+m3"), ("test", texts[3], "en-us+m3"),
              ("voice", texts[2], "en-us+f3"), ("voice", texts[3], "en-us+f3")]
     return FakeCorpus(plan)
-
-
-def tiny_ctc(phonemes=PHONEMES):
-    torch.manual_seed(0)
-    return CTCRecognizer(phonemes, channels=32, blocks=2, hidden=32).eval()
 
 
 def tiny_speaker():
@@ -107,58 +100,6 @@ def test_pocketsphinx_rejects_bad_input():
         pocketsphinx_wer([np.zeros(1600, np.float32)], ["zorblax"])
 
 
-# ---- CTC recogniser -------------------------------------------------------------------------------
-def test_ctc_forward_shapes_and_transcribe():
-    model = tiny_ctc()
-    wav = torch.randn(2, SAMPLE_RATE) * 0.1
-    lp, n = model(wav, torch.tensor([SAMPLE_RATE, SAMPLE_RATE // 2]))
-    assert lp.shape == (2, 51, len(PHONEMES) + 1) and n.tolist() == [51, 26]     # 20 ms frames (+1: centred)
-    assert torch.allclose(lp.exp().sum(-1), torch.ones(2, 51), atol=1e-5)
-    hyps = model.transcribe([wav[0].numpy(), wav[1, :800]])   # a 50 ms clip is padded, not refused
-    assert len(hyps) == 2 and all(set(h) <= set(PHONEMES) for h in hyps)
-
-
-def test_ctc_save_load_round_trip(tmp_path):
-    model = tiny_ctc()
-    model.features.mean.fill_(-3.0)                      # a fitted buffer must travel too
-    model.save_pretrained(tmp_path / "ctc", note="x")
-    cfg = json.loads((tmp_path / "ctc" / "config.json").read_text())
-    assert cfg["kind"] == "speech-ctc" and cfg["config"]["phonemes"] == PHONEMES and cfg["meta"] == {"note": "x"}
-    loaded = CTCRecognizer.from_pretrained(tmp_path / "ctc")
-    wav = torch.randn(1, 8000) * 0.1
-    assert torch.equal(model(wav, torch.tensor([8000]))[0], loaded(wav, torch.tensor([8000]))[0])
-    with pytest.raises(ValueError, match="speech-ctc"):
-        SpeakerEncoder.from_pretrained(tmp_path / "ctc")
-    with pytest.raises(FileNotFoundError):
-        CTCRecognizer.from_pretrained(tmp_path / "missing")
-
-
-@pytest.mark.parametrize("bad,message", [([np.zeros(0, np.float32)], "empty"),
-                                         ([np.array([0.1, np.nan] * 800, np.float32)], "NaN"),
-                                         ([np.zeros((2, 1600), np.float32)], "mono"),
-                                         ([], "no clips")])
-def test_bad_audio_raises(bad, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_ctc().transcribe(bad)
-    with pytest.raises(ValueError, match=message):
-        tiny_speaker().embed(bad)
-
-
-def test_forced_alignment_on_an_untrained_model():
-    model = tiny_ctc()
-    wav, events = synth("Hello there, the ladder.", "en-us")
-    phonemes = [p for p, _ in events] + [PAUSE]           # runs of two pauses, mid-sentence and at the end
-    assert set(phonemes) <= set(PHONEMES)
-    starts = model.align(wav, phonemes)
-    assert len(starts) == len(phonemes) and starts[0] == 0
-    assert all(a <= b for a, b in zip(starts, starts[1:])) and starts[-1] < len(wav)
-    assert all(s % (model.frame_hop // 2) == 0 for s, p in zip(starts, phonemes) if p != PAUSE)   # half frames
-    with pytest.raises(ValueError, match="too short"):
-        model.align(wav[:3200], phonemes)
-    with pytest.raises(ValueError, match="not in the recogniser"):
-        model.align(wav, ["ʒ"])
-
-
 # ---- speaker encoder ------------------------------------------------------------------------------
 def test_speaker_encoder_shapes_similarity_and_round_trip(tmp_path):
     model = tiny_speaker()
@@ -173,6 +114,22 @@ def test_speaker_encoder_shapes_similarity_and_round_trip(tmp_path):
         speaker_similarity(model, wavs, wavs[:2])
     model.save_pretrained(tmp_path / "spk")
     assert torch.equal(SpeakerEncoder.from_pretrained(tmp_path / "spk").embed(wavs), emb)
+
+
+@pytest.mark.parametrize("bad,message", [([np.zeros(0, np.float32)], "empty"),
+                                         ([np.array([0.1, np.nan] * 800, np.float32)], "NaN"),
+                                         ([np.zeros((2, 1600), np.float32)], "mono"),
+                                         ([], "no clips")])
+def test_speaker_encoder_refuses_bad_audio(bad, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_speaker().embed(bad)
+
+
+def test_speaker_encoder_refuses_a_ctc_folder(tmp_path):
+    torch.manual_seed(0)
+    CTCRecognizer(PHONEMES, channels=32, blocks=2, hidden=32).save_pretrained(tmp_path / "ctc")
+    with pytest.raises(ValueError, match="speech-ctc"):
+        SpeakerEncoder.from_pretrained(tmp_path / "ctc")
 
 
 # ---- training smoke runs --------------------------------------------------------------------------

@@ -7,7 +7,8 @@ Models"): a forecaster that keeps a text model FROZEN and learns only to talk to
       -> frozen text backbone -> hidden states at the N patch positions
       -> first d_ff features, flattened -> linear -> (B, H)   (one model for all horizons)
 
-An ablation of apps/forecast/model.py (AutoTimes-style: a backbone trained on series): here the
+A baseline for apps/forecast/ (AutoTimes-style: a backbone trained on series), run by
+benchmarks/forecast_timellm.py: here the
 backbone is the text model of assets/text-fortunes-bpe and only the patch embedding, the
 reprogramming layer and the output projection train. The text weights are never updated.
 
@@ -34,10 +35,11 @@ from torch import Tensor, nn
 
 from backbone.container import OmniModel, atomic_write_text
 from backbone.masks import MaskSpec
+from modalities.text import load_tokenizer
 from modalities.timeseries import MIN_SCALE
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DESCRIPTION = "Hourly electricity transformer load and oil temperature."
 
 
@@ -254,7 +256,7 @@ class TimeLLM(nn.Module):
         tmp = folder / (WEIGHTS_FILE + ".tmp")
         save_file(weights, str(tmp))
         os.replace(tmp, folder / WEIGHTS_FILE)
-        cfg = {"class": "heads.reprogram.TimeLLM", "kwargs": self.config,
+        cfg = {"class": "benchmarks.baselines.timellm.TimeLLM", "kwargs": self.config,
                "text_model_sha256": _sha256(_resolve(self.config["text_model"]) / WEIGHTS_FILE), "meta": meta or {}}
         atomic_write_text(folder / CONFIG_FILE, json.dumps(cfg, indent=2))
         return folder
@@ -264,7 +266,6 @@ class TimeLLM(nn.Module):
                         device=None) -> "TimeLLM":
         """Load the trainable weights from ``folder`` and the frozen text model from the folder
         its config names (or ``text_model``); ValueError if that text model's weights changed."""
-        from modalities.text import load_tokenizer
         folder = Path(folder)
         for f in (CONFIG_FILE, WEIGHTS_FILE):
             if not (folder / f).is_file():

@@ -1,0 +1,93 @@
+"""``omniar forecast data.csv --column OT --horizon 96 -o forecast.csv``: one column of a CSV
+forecast by a segment (apps/forecast/model.py) or bin-token (apps/forecast/bins.py) checkpoint.
+The CSV readers here are shared with the fine-tuning command and the app.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from apps.forecast.bins import BinForecaster
+from apps.forecast.model import Forecaster
+from modalities.timeseries import as_series
+
+
+def load_forecaster(folder, device=None) -> Forecaster | BinForecaster:
+    """The forecaster for a checkpoint: segment models (Forecaster) or bin-token models (meta.task
+    "forecast_bins")."""
+    cfg = Path(folder) / "config.json"
+    try:
+        task = json.loads(cfg.read_text()).get("meta", {}).get("task") if cfg.is_file() else None
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(f"{cfg} is not a valid JSON config") from None
+    if task == "forecast_bins":
+        return BinForecaster.from_pretrained(folder, device=device)
+    return Forecaster.from_pretrained(folder, device=device)
+
+
+def read_series_csv(path: str | Path, column: str) -> np.ndarray:
+    """One numeric column of a CSV with a header; empty cells and 'nan' are missing values.
+    ValueError (naming the file, column or line) for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    if path.stat().st_size > 200 * 2**20:
+        raise ValueError(f"{path} is larger than 200 MB")
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or column not in reader.fieldnames:
+                raise ValueError(f"{path}: no column {column!r}; the columns are {reader.fieldnames}")
+            vals = []
+            for i, row in enumerate(reader, start=2):
+                cell = (row.get(column) or "").strip()
+                try:
+                    vals.append(float(cell) if cell and cell.lower() != "nan" else float("nan"))
+                except ValueError:
+                    raise ValueError(f"{path}, line {i}: {cell!r} in column {column!r} is not a number") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text CSV") from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: malformed CSV ({e})") from None
+    return as_series(vals, f"column {column!r}")
+
+
+def read_time_csv(path: str | Path, column: str) -> list[str]:
+    """The cells of a time column (as text) of a CSV with a header; ValueError if it is missing,
+    or if a cell does not parse as a date."""
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or column not in reader.fieldnames:
+            raise ValueError(f"{path}: no column {column!r}; the columns are {reader.fieldnames}")
+        cells = [(row.get(column) or "").strip() for row in reader]
+    try:
+        for c in (cells[0], cells[-1]):
+            pd.Timestamp(c)
+    except (ValueError, TypeError, IndexError):
+        raise ValueError(f"column {column!r} does not hold dates (e.g. {cells[0]!r})") from None
+    return cells
+
+
+def main(a):
+    """``omniar forecast data.csv --column OT --horizon 96 -o forecast.csv``."""
+    out = Path(a.out)
+    if out.exists() and not a.force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it")
+    x = read_series_csv(a.csv, a.column)
+    try:
+        qs = [float(q) for q in a.quantiles.split(",")]
+    except ValueError:
+        raise ValueError(f"--quantiles takes comma-separated numbers such as 0.1,0.5,0.9, got {a.quantiles!r}") from None
+    pred = load_forecaster(a.model).predict(x, a.horizon, quantiles=qs)[0]              # (H, q)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w") as f:
+        f.write("step," + ",".join(f"q{q:g}" for q in qs) + "\n")
+        for i, row in enumerate(pred, start=1):
+            f.write(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points "
+          f"({int(np.isnan(x).sum())} missing), quantiles {qs}")

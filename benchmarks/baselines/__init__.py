@@ -1,0 +1,1 @@
+"""Baselines that benchmarks compare against, not part of the library (Time-LLM)."""
