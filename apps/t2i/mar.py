@@ -81,7 +81,9 @@ class MaskedSchedule(ImageSchedule):
     def _pass(self, commit: bool = False) -> Feed:
         return Feed(embeds=self._embed(self.tokens, torch.arange(self.N), ~self.known), commit=commit)
 
-    def next(self, h: Tensor) -> Step | Feed:
+    def next(self, h: Tensor) -> Step | Feed | None:
+        if self.finished:                                 # the finished block is in the cache (commit)
+            return None
         if self.pick is None:                            # the block's first pass, fully masked
             self.pick = self.order[:, :0]
             return self._pass()

@@ -66,7 +66,9 @@ class RasterSchedule(ImageSchedule):
         super().__init__(*args, **kw)
         self.N, self.out = self.adapter.n_patches, []
 
-    def next(self, h: Tensor) -> Step:
+    def next(self, h: Tensor) -> Step | None:
+        if self.finished:                                 # the last patch is in the cache (commit)
+            return None
         return self._step(h[:, -1:], len(self.out) / max(1, self.N - 1))
 
     def feed(self, x: Tensor) -> Feed | None:

@@ -1,4 +1,5 @@
-"""Text-to-image + captioning recipe (apps/t2i/model.py): sequences, training, both directions, the CLI."""
+"""Text-to-image + captioning (apps/t2i/): sequences (data.py), training (recipe.py), generation through
+schedules (model.py) in both directions and interleaved, the CLI."""
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,13 @@ import torch
 import yaml
 
 from apps.t2i import model as t2i
-from apps.t2i.model import BOI, BOS, EOI, EOS, IMG, PAD, WordVocab, build_batch
+from apps.t2i import recipe
+from apps.t2i.data import (BOI, BOS, EOI, EOS, IMG, PAD, WordVocab, build_batch, grammar_words, make_tokenizer,
+                           raster_rows)
+from backbone.generate import Generation
 from modalities.image import PatchTokenizer
+from modalities.image_latent import small_autoencoder_config, train_autoencoder
+from modalities.image_shapes import shapes_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,12 +34,12 @@ def tiny_cfg(tmp_path, steps=2) -> dict:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     out = tmp_path_factory.mktemp("t2i")
-    t2i.run(tiny_cfg(out), out=str(out / "model"))
+    recipe.run(tiny_cfg(out), out=str(out / "model"))
     return out / "model"
 
 
 def test_vocab_names_unknown_words_and_refuses_empty():
-    v = WordVocab(t2i.grammar_words())
+    v = WordVocab(grammar_words())
     ids = v.encode("A red circle to the left of a blue square.")
     assert v.decode(ids) == "a red circle to the left of a blue square"
     with pytest.raises(ValueError, match="'hexagon'.*knows"):
@@ -46,7 +52,7 @@ def test_vocab_names_unknown_words_and_refuses_empty():
 
 def test_batch_layout_and_targets():
     patches = torch.randn(2, 64, 48)
-    b = build_batch([[10, 11], [12, 13, 14]], patches, ["gen", "cap"])
+    b = build_batch(raster_rows([[10, 11], [12, 13, 14]], patches, ["gen", "cap"]))
     ids, y = b["input_ids"], b["targets"]["lm"]
     sel, tgt = b["targets"]["image"]
     # gen: <bos> w w <boi> p1..p64 <eoi> (<eos> is only a target)
@@ -63,13 +69,13 @@ def test_batch_layout_and_targets():
     assert torch.equal(seq[0, 4:68], patches[0]) and index[0, 4:68].tolist() == list(range(64))
     assert (index[0, :4] == -1).all() and torch.equal(b["embed_mask"], ids == IMG)
     # a rank's rows keep their own flat image targets
-    part = t2i._rows(b, slice(1, 2))
+    part = recipe._rows(b, slice(1, 2))
     assert torch.equal(part["targets"]["image"][1], patches[1]) and part["input_ids"].shape[0] == 1
 
 
 def test_task_batches_replay_and_hold_out_nothing_from_the_vocab():
-    v, tok = WordVocab(t2i.grammar_words()), PatchTokenizer()
-    task = t2i.ShapesT2ITask(v, tok, batch_size=8, seed=3)
+    v, tok = WordVocab(grammar_words()), PatchTokenizer()
+    task = recipe.ShapesT2ITask(v, tok, batch_size=8, seed=3)
     a, b = task.train_batch(5, 0, slice(None)), task.train_batch(5, 0, slice(None))
     assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["targets"]["image"][1], b["targets"]["image"][1])
     assert not torch.equal(a["input_ids"], task.train_batch(6, 0, slice(None))["input_ids"])
@@ -91,6 +97,21 @@ def test_train_then_generate_and_caption(tiny_model):
         m.text_to_image(["a red circle"], steps=0)
 
 
+def test_image_generations_are_schedules_that_interleave(tiny_model):
+    """text_to_image is a schedule over the one loop: two requests stepped alternately on one model
+    (each Generation owns its cache) give what each gives alone."""
+    m = t2i.ImageModel.from_pretrained(tiny_model)
+    kw = dict(steps=2, cfg=3.0)
+    alone = [m.text_to_image(["a red circle"], seed=0, **kw), m.text_to_image(["two blue squares"], seed=1, **kw)]
+    gens = [Generation(m.model, m.text_to_image_schedule(["a red circle"], seed=0, **kw)),
+            Generation(m.model, m.text_to_image_schedule(["two blue squares"], seed=1, **kw))]
+    while not all(g.done for g in gens):
+        for g in gens:
+            g.step()
+    for g, want in zip(gens, alone):
+        assert g.schedule.finished and torch.equal(m.tok.decode(g.schedule.result()), want)
+
+
 def test_interleaved_generation_switches_heads(tiny_model):
     m = t2i.ImageModel.from_pretrained(tiny_model)
     # a trained-from-scratch 2-step model says little; force the switch by making <boi> certain
@@ -101,7 +122,7 @@ def test_interleaved_generation_switches_heads(tiny_model):
     def scripted(h):
         logits = forward(h)
         calls["n"] += 1
-        want = {1: 7, 2: t2i.BOI}.get(calls["n"], t2i.EOS)   # a word, then an image, then the end
+        want = {1: 7, 2: BOI}.get(calls["n"], EOS)   # a word, then an image, then the end
         want = m.vocab.stoi["red"] if want == 7 else want
         return torch.nn.functional.one_hot(torch.full(logits.shape[:-1], want), logits.shape[-1]).float() * 100
     lm.forward = scripted
@@ -147,16 +168,15 @@ def test_read_image_refuses_huge_and_resizes(tmp_path):
 def test_latent_tokenizer_option_trains_saves_and_generates(tmp_path):
     """image: {tokenizer: latent}: a diffusers AutoencoderKL's latent patches replace pixel patches;
     the checkpoint carries its VAE (vae/) and loads without the training folder."""
-    from modalities.image_latent import small_autoencoder_config, train_autoencoder
-    vae = train_autoencoder(lambda n, s: t2i.shapes_data(n, "train", s)[0], steps=0, batch_size=4,
+    vae = train_autoencoder(lambda n, s: shapes_data(n, "train", s)[0], steps=0, batch_size=4,
                             config=small_autoencoder_config(width=16, attention=False), out=tmp_path / "vae")
     cfg = tiny_cfg(tmp_path)
     cfg["image"] = {"tokenizer": "latent", "folder": str(tmp_path / "vae"), "patch": 2}
-    t2i.run(cfg, out=str(tmp_path / "model"))
+    recipe.run(cfg, out=str(tmp_path / "model"))
     (tmp_path / "vae").rename(tmp_path / "moved")                  # the checkpoint must not need it
     m = t2i.ImageModel.from_pretrained(tmp_path / "model")
     assert m.tok.n_tokens == 64 and m.tok.token_dim == 16 == vae.token_dim * 4
     x = m.text_to_image(["a red circle"], steps=2, cfg=1.0)
     assert x.shape == (1, 3, 32, 32) and len(m.caption(x)) == 1
     with pytest.raises(ValueError, match="unknown image tokenizer"):
-        t2i.make_tokenizer({"tokenizer": "vq"})
+        make_tokenizer({"tokenizer": "vq"})
