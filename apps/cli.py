@@ -62,9 +62,12 @@ def _train(a):
 
 def _generate(a):
     import torch
+    from apps.text.model import make_drafter, stream_text
     from backbone.container import OmniModel
     from backbone.sampling import SamplingParams
-    from modalities.text import load_tokenizer, stream_text
+    from modalities.text import load_tokenizer
+    if not a.draft and (a.fallback is not None or a.rollback is not None):
+        raise ValueError("--fallback and --rollback are policies of drafted decoding; add --draft")
     model = OmniModel.from_pretrained(a.model, device=a.device)
     tok = load_tokenizer(a.model)
     params = SamplingParams(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, min_p=a.min_p,
@@ -74,16 +77,8 @@ def _generate(a):
     if a.penalty_alpha:
         params.penalty_alpha = a.penalty_alpha
     if a.draft:
-        from backbone import drafters
-        kw["gamma"] = a.gamma
-        if a.draft == "prompt-lookup":
-            kw["drafter"] = drafters.PromptLookupDrafter()
-        elif a.draft == "ngram":
-            kw["drafter"] = drafters.NgramTableDrafter(n=a.ngram_n)
-        elif a.draft == "head":
-            kw["drafter"] = drafters.HeadDrafter(model)
-        else:
-            kw["drafter"] = drafters.ModelDrafter(OmniModel.from_pretrained(a.draft, device=a.device))
+        kw = dict(drafter=make_drafter(a.draft, model, a.device, a.ngram_n, a.fallback), gamma=a.gamma,
+                  rollback=a.rollback)
     sys.stdout.write(a.prompt)
     with torch.inference_mode():
         for piece in stream_text(model, tok, a.prompt, params, **kw):
@@ -184,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(the model's draft head) | a draft model folder (same tokenizer)")
     g.add_argument("--gamma", type=int, default=4, help="tokens drafted per round (default %(default)s)")
     g.add_argument("--ngram-n", type=int, default=3, help="context length + 1 of --draft ngram (default %(default)s)")
+    g.add_argument("--fallback", type=float, metavar="P", help="BiLD's fallback policy (Big Little Decoder): a "
+                   "draft model or head stops drafting once its top probability is below P (still exact)")
+    g.add_argument("--rollback", type=float, metavar="NATS", help="BiLD's rollback policy, greedy only and NOT "
+                   "exact: keep a draft token while the model's cross-entropy on it is at most NATS")
     g.add_argument("--penalty-alpha", type=float, help="contrastive search with --top-k candidates")
     g.set_defaults(fn=_generate)
 

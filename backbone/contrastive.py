@@ -34,6 +34,8 @@ class ContrastiveSchedule(Schedule):
     def __init__(self, model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
                  pad_id: int = 0, device=None):
         params.validate()
+        if model.args.prefix_lm:
+            raise ValueError("a prefix-LM model decodes with plain sampling only (no drafting or contrastive search)")
         if not params.top_k:
             raise ValueError("contrastive search needs top_k (the number of candidates), e.g. top_k=4")
         self.device = device or next(model.parameters()).device

@@ -469,43 +469,24 @@ class TextSchedule(Schedule):
 
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
-             pad_id: int = 0, device=None, compile: bool = False, drafter=None, gamma: int = 4,
-             skip: LayerSkip | None = None, stats: dict | None = None,
-             rollback: float | None = None) -> Iterator[Tensor]:
-    """Stream tokens for a batch of prompts. Yields (B,) token tensors, one per step.
+             pad_id: int = 0, device=None, compile: bool = False,
+             skip: LayerSkip | None = None) -> Iterator[Tensor]:
+    """Stream tokens for a batch of prompts (TextSchedule). Yields (B,) token tensors, one per step.
 
     Rows that hit a stop token keep yielding ``-1``; the loop ends when all rows stop or after
     ``params.max_new_tokens``. Raises ValueError for a prompt longer than the context.
     Past the context, the window slides as in nanoGPT (TextSchedule).
     ``compile=True`` decodes with a static cache of block_size slots and a ``torch.compile``d
     step (same tokens; pays a one-off compile per batch size, then runs faster).
+    ``skip``: early exit or FFN skipping per decoded token (backbone/skip.py; inexact).
 
-    The other fast paths are options of this one call:
-      * ``drafter`` (backbone/drafters.py) + ``gamma``: exact draft-and-verify decoding
-        (backbone/speculative.py); ``stats`` receives the acceptance counts; ``rollback``: BiLD's
-        rollback policy instead of exact verification (greedy only);
-      * ``params.penalty_alpha > 0``: contrastive search over ``params.top_k`` candidates
-        (backbone/contrastive.py);
-      * ``skip``: early exit or FFN skipping per decoded token (backbone/skip.py; inexact).
+    The other decoders are schedules on the same loop with the same contract:
+    ``speculative.generate_drafted`` (draft and verify) and ``contrastive.generate_contrastive``
+    (apps/text/model.py ``generate_tokens`` picks one from its options).
     """
     params.validate()
-    if rollback is not None and drafter is None:
-        raise ValueError("rollback is a policy of drafted decoding; give a drafter")
-    if model.args.prefix_lm and (params.penalty_alpha > 0 or drafter is not None):
-        raise ValueError("a prefix-LM model decodes with plain sampling only (no drafting or contrastive search)")
-    if params.penalty_alpha > 0 or drafter is not None:
-        if skip is not None or (compile and drafter is None):
-            raise ValueError("layer skipping applies to plain decoding, compile to plain and drafted decoding")
-        if params.penalty_alpha > 0:
-            if drafter is not None:
-                raise ValueError("choose drafting or contrastive search, not both")
-            from .contrastive import generate_contrastive
-            yield from generate_contrastive(model, prompts, params, head, pad_id, device)
-        else:
-            from .speculative import generate_drafted
-            yield from generate_drafted(model, prompts, params, drafter, gamma, head, pad_id, device, stats=stats,
-                                        compile=compile, rollback=rollback)
-        return
+    if params.penalty_alpha > 0:
+        raise ValueError("penalty_alpha selects contrastive search: backbone.contrastive.generate_contrastive")
     if skip is not None:
         if compile:
             raise ValueError("layer skipping changes the graph every step; it does not combine with compile")

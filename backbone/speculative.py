@@ -50,6 +50,8 @@ class DraftSchedule(Schedule):
                  head: str = "lm", pad_id: int = 0, device=None, rollback: float | None = None,
                  stats: dict | None = None, compile: bool = False):
         params.validate()
+        if model.args.prefix_lm:
+            raise ValueError("a prefix-LM model decodes with plain sampling only (no drafting or contrastive search)")
         if params.repetition_penalty != 1.0:
             raise ValueError("repetition_penalty is not supported with drafting (it changes p as tokens are accepted)")
         if gamma < 0:

@@ -256,7 +256,7 @@ def run_recipe(cfg: dict, build, out=None, device: str = "cpu", resume: bool = F
     if command and meta is not None:
         meta["train_command"] = command
     metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
-    if out:
+    if out and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes the folder
         if isinstance(model, OmniModel):
             save_trained(model, metrics, out, tokenizer)
         else:  # a model of its own class (the speech codec): its save_pretrained, the same meta

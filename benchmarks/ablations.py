@@ -142,14 +142,14 @@ def degeneration(texts: list[str]) -> dict:
 
 
 def continuations(model, tok, val_text: str, params) -> list[str]:
-    from backbone.generate import generate
+    from apps.text.model import generate_tokens
     import torch
     g = torch.Generator().manual_seed(1)
     starts = torch.randint(len(val_text) - 200, (8,), generator=g).tolist()
     prompts = [tok.encode(val_text[s:s + 200])[:16] for s in starts]  # 16-token prompts
     out = []
     for p in prompts:
-        toks = [int(t[0]) for t in generate(model, [p], params)]
+        toks = [int(t[0]) for t in generate_tokens(model, [p], params)]
         out.append(tok.decode([t for t in toks if t >= 0 and t < tok.vocab_size]))
     return out
 

@@ -20,12 +20,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from apps.t2i.model import ImageModel  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
+from modalities.image_shapes import make_dataset, parse_caption, task_of  # noqa: E402
 
 
 def spec_key(text: str):
     """A caption -> a canonical, order-free description of its spec (None if it does not parse)."""
-    from modalities.image_shapes import parse_caption
     try:
         spec = parse_caption(text)
     except ValueError:
@@ -53,8 +54,6 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="caption_accuracy", help="result name under benchmarks/results/")
     a = ap.parse_args()
-    from apps.t2i.model import ImageModel
-    from modalities.image_shapes import make_dataset, task_of
     torch.manual_seed(0)
     test = make_dataset(a.n, "test", a.seed, full_captions=True)
     truth, tasks = [c for c, _, _ in test], [task_of(s) for _, s, _ in test]

@@ -28,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from apps.text.model import generate_tokens  # noqa: E402
 from apps.text.recipe import read_corpus, split_point  # noqa: E402
 from backbone.container import OmniModel  # noqa: E402
 from backbone.drafters import HeadDrafter, ModelDrafter, NgramTableDrafter, PromptLookupDrafter  # noqa: E402
@@ -81,7 +82,7 @@ def setup(name: str, a) -> dict:
 
 def methods(s: dict) -> dict:
     """name -> (generate kwargs, exact by design?). Drafters are built once, outside the timing
-    (the n-gram tables read the corpus here); ``generate`` resets them for every call."""
+    (the n-gram tables read the corpus here); ``generate_tokens`` resets them for every call."""
     m, g = s["model"], s["gamma"]
     aded, long_ngram = NgramTableDrafter(s["corpus"], n=3), NgramTableDrafter(s["corpus"], **s["ngram"])
     return {
@@ -106,13 +107,7 @@ def run_ours(s, prompts, kw: dict, stats: dict) -> list[list[int]]:
     params = SamplingParams(temperature=0, max_new_tokens=s["new"], stop_tokens=s["stop"])
     if kw.pop("contrastive", False):
         params = SamplingParams(penalty_alpha=0.6, top_k=4, max_new_tokens=s["new"], stop_tokens=s["stop"])
-    rollback = kw.pop("rollback", None)
-    if rollback is not None:
-        from backbone.speculative import generate_drafted
-        stream = generate_drafted(s["model"], prompts, params, kw["drafter"], kw["gamma"], rollback=rollback, stats=stats)
-    else:
-        stream = generate(s["model"], prompts, params, stats=stats, **kw)
-    out = torch.stack(list(stream), 1)
+    out = torch.stack(list(generate_tokens(s["model"], prompts, params, stats=stats, **kw)), 1)
     return [[int(t) for t in r if t >= 0] for r in out]
 
 
@@ -165,7 +160,7 @@ def sampling_test(s, kw: dict, n_rows: int) -> dict:
     homogeneity per position over the first 6 tokens; the smallest p-value is reported."""
     from scipy.stats import chi2_contingency
     params = lambda seed: SamplingParams(temperature=1.0, max_new_tokens=6, seed=seed)  # noqa: E731
-    a = torch.stack(list(generate(s["model"], [s["prompts"][0]] * n_rows, params(1), **kw)), 1)
+    a = torch.stack(list(generate_tokens(s["model"], [s["prompts"][0]] * n_rows, params(1), **kw)), 1)
     b = torch.stack(list(generate(s["model"], [s["prompts"][0]] * n_rows, params(2))), 1)
     pmin = 1.0
     for j in range(a.shape[1]):

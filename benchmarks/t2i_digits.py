@@ -1,5 +1,5 @@
 """Digits text-to-image (issue 3): "the digit 7" -> an 8x8 digit, scored by a classifier trained
-here on the real digits (modalities/digit_checks.py, seed 0): its accuracy on the generated
+here on the real digits (benchmarks/metrics/digit_checks.py, seed 0): its accuracy on the generated
 samples (was the asked-for digit drawn?) and the KID between generated and real held-out digits
 in its feature space (Binkowski et al. 2018; lower is better, 0 = same distribution). Also the
 same checkpoint's captioning: exact match of its greedy caption on the real held-out digits,
@@ -25,12 +25,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from apps.t2i.model import ImageModel  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
+from benchmarks.metrics.digit_checks import kid, score_samples, train_classifier  # noqa: E402
+from modalities.digits import caption, load_split, parse_caption, to_tensor  # noqa: E402
 
 
 def gaussian_baseline(labels: np.ndarray, seed: int) -> torch.Tensor:
     """(N,) labels -> (N, 1, 8, 8) samples of the per-class, per-pixel Gaussian of the train split."""
-    from modalities.digits import load_split, to_tensor
     x, y = load_split("train")
     x = to_tensor(x)
     g = torch.Generator().manual_seed(seed)
@@ -53,9 +55,6 @@ def main():
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
-    from apps.t2i.model import ImageModel
-    from modalities.digit_checks import score_samples, train_classifier
-    from modalities.digits import caption, load_split, to_tensor
     torch.manual_seed(0)
     t = time.time()
     clf, clf_acc = train_classifier(seed=0)
@@ -96,7 +95,6 @@ def main():
 
 
 def _read(caption: str) -> int | None:
-    from modalities.digits import parse_caption
     try:
         return parse_caption(caption)
     except ValueError:
@@ -104,7 +102,6 @@ def _read(caption: str) -> int | None:
 
 
 def _kid_real(clf, real_test, real_train) -> tuple[float, float]:
-    from modalities.digit_checks import kid
     with torch.no_grad():
         return kid(clf.features(real_test), clf.features(real_train))
 

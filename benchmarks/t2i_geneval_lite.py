@@ -2,7 +2,7 @@
 
 The six GenEval task types (single object, two objects, counting, colours, position, colour
 binding), 24 prompts each, all built from combinations held out of training; each image is
-read by the exact checker of modalities/image_checks.py (palette thresholding, connected
+read by the exact checker of benchmarks/metrics/image_checks.py (palette thresholding, connected
 components, shape, colour, count, position). Overall = mean over the six tasks. Also seconds
 per image on this CPU (batched, classifier-free guidance included).
 
@@ -27,7 +27,11 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from apps.t2i.model import ImageModel, save_images  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
+from benchmarks.metrics.image_checks import geneval_lite  # noqa: E402
+from benchmarks.t2i_unet import load_unet  # noqa: E402
+from modalities.image_shapes import held_out_prompts, make_dataset, parse_caption, render  # noqa: E402
 
 
 def main():
@@ -47,9 +51,6 @@ def main():
     ap.add_argument("--save-grid", help="write a PNG of the first model's images here")
     ap.add_argument("--out", default="t2i_geneval_lite", help="result name under benchmarks/results/")
     a = ap.parse_args()
-    from apps.t2i.model import ImageModel, save_images
-    from modalities.image_checks import geneval_lite
-    from modalities.image_shapes import held_out_prompts, make_dataset, parse_caption, render
     torch.manual_seed(0)
     prompts = held_out_prompts(a.seed, a.per_task)
     tasks = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
@@ -69,7 +70,6 @@ def main():
         for kw in ([{"passes": p} for p in a.passes] if m.order == "mar" else [{}]):
             models.append((f"ours {name or meta['order'] + '/' + meta['head']}", path, m, kw))
     if a.unet:
-        from benchmarks.t2i_unet import load_unet
         models.append(("baseline UNet2DConditionModel DDPM", a.unet, load_unet(a.unet), {}))
     for name, path, m, kw in models:
         m.text_to_image(prompts[:2], steps=2, cfg=a.cfg, **kw)  # warm-up

@@ -1,8 +1,8 @@
 """UNet text-to-image baseline for GenEval-lite (issue 3): a small diffusers UNet2DConditionModel
-trained with DDPM (Ho et al. 2020) on the same synthetic shape scenes as apps/t2i/model.py, sampled
+trained with DDPM (Ho et al. 2020) on the same synthetic shape scenes as apps/t2i/recipe.py, sampled
 with DDIM (Song et al. 2021) and classifier-free guidance (Ho & Salimans 2022).
 
-Conditioning: caption words (apps.t2i.model.WordVocab ids) -> nn.Embedding + learned positions (+ one
+Conditioning: caption words (apps.t2i.data.WordVocab ids) -> nn.Embedding + learned positions (+ one
 small transformer layer so "red" can bind to the "circle" after it) -> cross-attention. Every
 caption is ``<bos> words <pad>...`` up to ``max_len``; the empty caption ``<bos> <pad>...`` is the
 null condition, trained with probability ``caption_drop`` as in ShapesT2ITask.
@@ -27,11 +27,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apps.t2i.data import BOS, MAX_PROMPTS, PAD, WordVocab, encode_prompts  # noqa: E402
 from backbone.container import atomic_write_text  # noqa: E402
+from heads.diffusion import cfg_schedule as ramp  # noqa: E402
+from modalities.image_shapes import caption, grammar_words, make_scenes  # noqa: E402
 
 # ~1.7M parameters: sized for a CPU budget (batch 32: 1.3-1.9 s/step on one busy thread, ~800-1,100 steps in
 # 1500 s); (64, 128, 128) is ~6.9M and ~3.7 s/step. Cross-attention at 16x16 and 8x8.
@@ -49,8 +54,6 @@ class UNetT2I(nn.Module):
 
     def __init__(self, words: list[str] | None = None, max_len: int = 16, text_layers: int = 1, **unet_kw):
         super().__init__()
-        from diffusers import UNet2DConditionModel
-        from modalities.image_shapes import grammar_words
         self.vocab = WordVocab(words if words is not None else grammar_words())
         unet = {**UNET_DEFAULT, **unet_kw}
         d = unet["cross_attention_dim"]
@@ -90,8 +93,6 @@ class UNetT2I(nn.Module):
         DDIM with eta = 0 from x_T = temperature * N(0, I) (temperature 0: one deterministic image
         per prompt); each step's model output is guided as ``null + scale (cond - null)``
         (Ho & Salimans 2022), ``scale`` constant or, with "linear", ramped 1 -> cfg over the steps."""
-        from diffusers import DDIMScheduler
-        from heads.diffusion import cfg_schedule as ramp
         ramp(cfg_schedule, cfg, 0.0)                                  # validates the schedule name
         caps = encode_prompts(self.vocab, prompts, steps, cfg, temperature)   # ValueError naming the problem
         dev, B = next(self.parameters()).device, len(caps)
@@ -117,7 +118,6 @@ class UNetT2I(nn.Module):
 def _batch(model: UNetT2I, g: np.random.Generator, batch_size: int, caption_drop: float) -> tuple[Tensor, Tensor]:
     """A fresh training batch -> (images (B, 3, 32, 32) in [-1, 1], caption ids (B, L)); prompts are
     caption(shown), dropped to the null caption with probability caption_drop (as ShapesT2ITask)."""
-    from modalities.image_shapes import caption, make_scenes
     scenes = make_scenes(batch_size, "train", int(g.integers(2**31)))
     x = torch.tensor(np.stack([im for _, _, im in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     caps = [[] if g.random() < caption_drop else model.vocab.encode(caption(shown)) for shown, _, _ in scenes]
@@ -132,8 +132,6 @@ def train_unet(seconds: float, batch_size: int = 32, lr: float = 5e-4, seed: int
     MSE on v, AdamW with linear warm-up, EMA of the weights (the returned/saved model is the EMA;
     decay 0.995, a ~200-step horizon, because a CPU budget gives only ~1-2k steps).
     ``model_kw`` go to UNetT2I (e.g. a tiny UNet for tests). Saves to ``out`` when given."""
-    from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(seed)
     model = UNetT2I(**model_kw).to(device).train()
@@ -173,7 +171,6 @@ def train_unet(seconds: float, batch_size: int = 32, lr: float = 5e-4, seed: int
 
 def save_unet(model: UNetT2I, folder: str):
     """model.safetensors + config.json (each written to a temp file, then os.replace)."""
-    from safetensors.torch import save_model
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / "model.safetensors.tmp"
@@ -185,7 +182,6 @@ def save_unet(model: UNetT2I, folder: str):
 
 def load_unet(folder: str, device: str = "cpu") -> UNetT2I:
     """A folder written by save_unet -> UNetT2I in eval mode (safetensors only)."""
-    from safetensors.torch import load_model
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())["model"]
     kw = {k: tuple(v) if isinstance(v, list) and k != "words" else v for k, v in cfg.items()}

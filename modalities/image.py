@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 
 SCALE = 0.25   # pixels [0, 1] -> tokens [-2, 2]; std ~1.0 on the shapes data set (see above)
@@ -100,7 +101,6 @@ class PatchTokenizer:
 
     def to_pil(self, images) -> list:
         """(B, C, H, W) or (C, H, W) float in [0, 1] -> list of PIL images (rounded to uint8)."""
-        from PIL import Image
         if isinstance(images, Tensor) and images.ndim == 3:
             images = images[None]
         x = self._check_images(images.detach().cpu() if isinstance(images, Tensor) else images)
@@ -111,7 +111,6 @@ class PatchTokenizer:
     def from_pil(self, images, resize: bool = False) -> Tensor:
         """List of PIL images -> (B, C, H, W) float in [0, 1]. Converted to RGB (or L); a wrong
         size is an error unless ``resize=True`` (then box-filter resizing to size x size)."""
-        from PIL import Image
         if isinstance(images, Image.Image):
             images = [images]
         if not isinstance(images, (list, tuple)) or not images:

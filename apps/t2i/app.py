@@ -23,6 +23,7 @@ import gradio as gr
 import numpy as np
 
 from apps.serving import check_checkpoint, in_range, serve, user_errors
+from apps.t2i.model import ImageModel, read_image
 
 DEFAULT_MODEL = "assets/t2i-shapes,assets/t2i-shapes-flow,assets/t2i-shapes-mar"  # the first: default pair, captions
 TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes.yaml"
@@ -69,8 +70,6 @@ def make_generate_fn(models):
 
 
 def make_caption_fn(model):
-    from apps.t2i.model import read_image
-
     @user_errors("Cannot caption", "captioning")
     def caption(path):
         if not path:
@@ -128,7 +127,6 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
 def load_app(folders: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder(s), comma-separated -> images app Blocks (FileNotFoundError with the
     training command)."""
-    from apps.t2i.model import ImageModel
     models = []
     for folder in str(folders).split(","):
         folder = check_checkpoint(folder.strip(), "text-to-image", TRAIN_COMMAND,

@@ -1,4 +1,6 @@
-"""Two block-causal orders for text-to-image: next-scale (FlowAR / VAR) and next-cell (xAR).
+"""Two block-causal orders for text-to-image: next-scale (after VAR / FlowAR) and next-cell (after xAR).
+The orders only: the head is the config's (diffusion by default; FlowAR and xAR use flow matching,
+``head: {kind: flow}``).
 
 Both keep the caption causal and make the image a chain of attention blocks, bidirectional
 inside a block and causal across blocks (``Segment(blocks=...)``); the hidden state at every

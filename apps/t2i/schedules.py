@@ -32,7 +32,7 @@ class ImageSchedule(Schedule):
     def __init__(self, model, B: int, head_kw: dict, generator: torch.Generator | None,
                  guidance: Callable[[float], float] | None = None, prompt: Prompt | None = None,
                  commit: bool = False):
-        self.model, self.B, self.head_kw, self.generator = model, B, head_kw, generator
+        self.B, self.head_kw, self.generator = B, head_kw, generator
         self.guidance, self._prompt, self.commit = guidance, prompt, commit
         self.rows = B * (2 if guidance else 1)
         self.adapter = model.adapters["image"]

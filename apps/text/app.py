@@ -1,4 +1,4 @@
-"""Text generation app: a thin Gradio front end over ``modalities.text.stream_text``.
+"""Text generation app: a thin Gradio front end over ``apps.text.model.stream_text``.
 
     python -m apps.text.app --model assets/text-shakespeare [--host 127.0.0.1] [--port 7860]
 
@@ -21,6 +21,10 @@ import sys
 import gradio as gr
 
 from apps.serving import check_checkpoint, serve
+from apps.text.model import stream_text
+from backbone.container import OmniModel
+from backbone.sampling import SamplingParams
+from modalities.text import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +67,6 @@ def parse_stop_strings(text: str | None) -> list[str]:
 def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
     """UI values -> validated SamplingParams. top_k 0/blank = off, top_p blank = off, min_p 0 = off,
     seed -1/blank = random."""
-    from backbone.sampling import SamplingParams
     top_k = _number("top_k", top_k, integer=True, optional=True)
     min_p = _number("min_p", min_p, optional=True)
     seed = _number("seed", seed, integer=True, optional=True)
@@ -85,7 +88,6 @@ def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_to
 # ---- the app ----------------------------------------------------------------------------------
 def make_generate_fn(model, tokenizer):
     """The event handler: a generator yielding the accumulated continuation (prompt not included)."""
-    from modalities.text import stream_text
 
     def generate(prompt, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
         try:
@@ -141,7 +143,8 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
         inputs = [prompt, temperature, top_k, top_p, min_p, rep, max_new, seed, stop]
         # preprocess=False: the handler gets the raw values and checks them itself, so an
         # out-of-range slider value from an API caller gets the same named message as any other
-        # bad setting. concurrency_limit=1: the KV cache lives on the (shared) model object.
+        # bad setting. concurrency_limit=1: generations would be correct side by side (each has its
+        # own KV cache) but would share the same cores; one at a time streams fastest.
         ev = go.click(fn, inputs, output, api_name=API_NAME, preprocess=False, concurrency_limit=1,
                       concurrency_id="omniar-text-model")
         stop_btn.click(None, None, None, cancels=[ev], api_visibility="private")
@@ -150,8 +153,6 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> text app Blocks. FileNotFoundError (clear message) if it is missing."""
-    from backbone.container import OmniModel
-    from modalities.text import load_tokenizer
     folder = check_checkpoint(folder, "text", TRAIN_COMMAND)
     model = OmniModel.from_pretrained(folder, device=device)
     if "lm" not in model.heads:

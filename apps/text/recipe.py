@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import random
 import re
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import torch
 import yaml
 
 from backbone.container import OmniModel, part
-from backbone.train import TrainConfig, cli_command, save_trained, train
+from backbone.train import TrainConfig, run_recipe
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
-from modalities.text import TextLMTask, make_tokenizer
+from modalities.crystal import END, cif_corpus, parse_composition
+from modalities.text import TextLMTask, load_tokenizer, make_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,8 +42,6 @@ def read_corpus(data: dict) -> str:
     fmt = data.get("format", "plain")
     if fmt == "cif_csv":
         # CrystaLLM: canonical CIFs (modalities/crystal.py), shuffled by seed, one blank line apart
-        import random
-        from modalities.crystal import END, cif_corpus
         cifs = cif_corpus(files, props=data.get("props", False), symprec=data.get("symprec", 0.1),
                           cache_dir=ROOT / "runs" / "cache")
         random.Random(data.get("shuffle_seed", 0)).shuffle(cifs)
@@ -107,45 +107,45 @@ def build_text_model(cfg: dict, vocab_size: int, meta: dict | None = None) -> Om
     return model
 
 
-def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "cpu",
-        overrides: dict | None = None) -> tuple[OmniModel, dict]:
-    """Train as the config says; returns the model and the final metrics."""
+def text_tokenizer(cfg: dict, text: str, split: int):
+    """The recipe's tokenizer: trained on the corpus (``kind`` char | bpe | cif), or another
+    checkpoint's (``from``: a draft model must share the big one's ids; fine-tuning keeps its own)."""
+    tk = cfg.get("tokenizer", {"kind": "char"})
+    if cfg["model"].get("init_from") and "from" not in tk:
+        tk = {"from": cfg["model"]["init_from"]}
+    if "from" in tk:
+        return load_tokenizer(resolve(tk["from"]))
+    return make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
+                          tk.get("vocab_size", 2048), tk.get("special_tokens"))
+
+
+def build(cfg: dict, tcfg: TrainConfig) -> tuple[OmniModel, TextLMTask, object]:
+    """The text task's part of ``run_recipe``: corpus, tokenizer, model and token-window batches."""
     data = cfg["data"]
     text = read_corpus(data)
     split = split_point(text, data)
-    tk = cfg.get("tokenizer", {"kind": "char"})
-    if cfg["model"].get("init_from") and "from" not in tk:  # fine-tuning keeps the model's own tokenizer
-        tk = {"from": cfg["model"]["init_from"]}
-    if "from" in tk:  # reuse another checkpoint's tokenizer (a draft model must share the big one's ids)
-        from modalities.text import load_tokenizer
-        tokenizer = load_tokenizer(resolve(tk["from"]))
-    else:
-        tokenizer = make_tokenizer(tk.get("kind", "char"), text[:split] if tk.get("kind") == "bpe" else text,
-                                   tk.get("vocab_size", 2048), tk.get("special_tokens"))
+    tokenizer = text_tokenizer(cfg, text, split)
     train_ids = torch.tensor(tokenizer.encode(text[:split]), dtype=torch.long)
     val_ids = torch.tensor(tokenizer.encode(text[split:]), dtype=torch.long)
-    tcfg = TrainConfig.from_dict({**cfg["train"], **(overrides or {})})
-    torch.manual_seed(tcfg.seed)
-    command = cli_command()
     objective = cfg.get("objective", {})
     mask_id = tokenizer.vocab_size if objective.get("meap") else None  # MEAP's [MASK]: one id past the tokenizer's
     vocab = tokenizer.vocab_size + (mask_id is not None)
     model = build_text_model(cfg, vocab, meta={
         "task": cfg.get("task", "text"), "tokenizer": tokenizer.kind, "data": data["path"],
         "data_format": data.get("format", "plain"), "props": data.get("props", False),
-        "train_command": command, "train_fraction": data.get("train_fraction", 0.9),
+        "train_fraction": data.get("train_fraction", 0.9),
         **({"objective": objective} if objective else {}),
         **({"mask_token_id": mask_id} if mask_id is not None else {})})
-    block = model.args.block_size
     start = tokenizer.token_id("data_") if tokenizer.kind == "cif" else None
     if tokenizer.kind == "cif":  # the generator refuses prompts for larger cells than it has seen
-        from modalities.crystal import parse_composition
         model.config["meta"]["max_atoms"] = max(
             int(parse_composition(f).num_atoms) for f in re.findall(r"^data_(\S+)$", text[:split], re.M))
-    task = TextLMTask(train_ids, val_ids, block, tcfg.batch_size, cfg.get("eval", {}).get("batches", 20),
-                      cfg.get("eval", {}).get("batch_size"), seed=tcfg.seed, start_token=start,
-                      objective=objective, mask_id=mask_id)
-    metrics = train(model, task, tcfg, device=device, resume=resume, tokenizer=tokenizer)
-    if out and int(__import__("os").environ.get("RANK", "0")) == 0:
-        save_trained(model, metrics, out, tokenizer)
-    return model, metrics
+    ev = cfg.get("eval", {})
+    task = TextLMTask(train_ids, val_ids, model.args.block_size, tcfg.batch_size, ev.get("batches", 20),
+                      ev.get("batch_size"), seed=tcfg.seed, start_token=start, objective=objective, mask_id=mask_id)
+    return model, task, tokenizer
+
+
+def run(cfg: dict, out: str | None = None, resume: bool = False, device: str = "cpu") -> tuple[OmniModel, dict]:
+    """Train as the config says; returns the model and the final metrics."""
+    return run_recipe(cfg, build, out, device, resume)

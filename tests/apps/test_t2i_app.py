@@ -17,10 +17,11 @@ GOOD = dict(prompt="a red circle", n=2, steps=2, cfg=3.0, temperature=1.0, seed=
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     from test_t2i import tiny_cfg  # tests/apps/test_t2i.py
-    from apps.t2i import model as t2i
+    from apps.t2i import recipe
+    from apps.t2i.model import ImageModel
     out = tmp_path_factory.mktemp("t2i_app")
-    t2i.run(tiny_cfg(out), out=str(out / "model"))
-    return t2i.ImageModel.from_pretrained(out / "model")
+    recipe.run(tiny_cfg(out), out=str(out / "model"))
+    return ImageModel.from_pretrained(out / "model")
 
 
 def test_generate_returns_a_gallery(model):

@@ -1,6 +1,6 @@
 """The block-causal orders of apps/t2i/blocks.py (next-scale: FlowAR/VAR; next-cell: xAR): batch
-layouts and masks, the cached block-by-block pass agreeing with the training forward, sampling, the
-noisy context of xAR, and a short training run."""
+layouts and masks, the cached block-by-block pass agreeing with the training forward, sampling as
+schedules over the one loop, the noisy context of xAR, and a short training run."""
 from pathlib import Path
 
 import pytest
@@ -8,18 +8,21 @@ import torch
 import torch.nn.functional as F
 
 from apps.t2i import model as t2i
-from apps.t2i.model import BOI, BOS, EOI, EOS, IMG, WordVocab, build_batch
-from apps.t2i.blocks import (BATCHES, OPTIONS, SAMPLERS, adapter_kwargs, cell_order, n_slots, next_cell_batch,
-                             next_scale_batch, order_options, pyramid, scale_sides, upsample)
+from apps.t2i import recipe
+from apps.t2i.blocks import (OPTIONS, ROWS, SCHEDULES, adapter_kwargs, cell_order, n_slots, next_cell_rows,
+                             next_scale_rows, order_options, pyramid, scale_sides, upsample)
+from apps.t2i.data import BOI, BOS, EOI, EOS, IMG, WordVocab, build_batch, grammar_words
 from backbone.container import OmniModel, part
-from backbone.generate import decode_block, left_pad, prefill
+from backbone.generate import decode_block, prefill, run_to_end
+from backbone.sequence import Segment, pack
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 from modalities.image import PatchTokenizer
 from modalities.image_embed import PatchEmbed
+from modalities.image_shapes import shapes_data
 from tests.apps.test_t2i import tiny_cfg
 
-VOCAB = WordVocab(t2i.grammar_words())
+VOCAB = WordVocab(grammar_words())
 ORDERS = ("next_scale", "next_cell")
 
 
@@ -41,10 +44,9 @@ def _model(order: str, kind: str = "diffusion") -> OmniModel:
                            meta={"task": "t2i", "order": order, "order_kw": order_options(order)})
 
 
-def _raster(caps, modes, seed=0):
+def _patches(n, seed=0):
     torch.manual_seed(seed)
-    patches = torch.randn(len(caps), 64, 48)
-    return build_batch(caps, patches, modes), patches
+    return torch.randn(n, 64, 48)
 
 
 def test_scales_cells_and_options():
@@ -72,8 +74,8 @@ def test_scales_cells_and_options():
 
 
 def test_next_scale_batch_layout():
-    b0, patches = _raster([[10, 11], [12], [13, 14, 15]], ["gen", "cap", "gen"])
-    b = next_scale_batch(b0, torch.tensor([True, False, True]))
+    patches = _patches(3)
+    b = build_batch(next_scale_rows([[10, 11], [12], [13, 14, 15]], patches, ["gen", "cap", "gen"]))
     ids, y, m = b["input_ids"], b["targets"]["lm"], b["mask"][:, 0]
     seq, index, masked = b["adapter_inputs"]["image"]
     sel, tgt = b["targets"]["image"]
@@ -96,15 +98,16 @@ def test_next_scale_batch_layout():
     assert index[1, 2:66].tolist() == list(range(21, 85)) and not masked[1].any() and not sel[1].any()
     torch.testing.assert_close(seq[1, 2:66], patches[1])
     assert m[1, 2, 65] and m[1, 66, 2] and not m[1, 65, 66] and y[1, 66] == 12 and (y[1, 1:66] == -100).all()
-    part = t2i._rows(b, slice(2, 3))
+    part = recipe._rows(b, slice(2, 3))
     assert torch.equal(part["targets"]["image"][1], tgt[85:]) and part["mask"].shape == (1, 1, 91, 91)
 
 
 def test_next_cell_batch_layout_and_noisy_context():
-    b0, patches = _raster([[10, 11], [12]], ["gen", "cap"])
-    perm = cell_order(8)
-    clean = next_cell_batch(b0, torch.tensor([True, False]), torch.Generator().manual_seed(3), t_max=0.0)
-    noisy = next_cell_batch(b0, torch.tensor([True, False]), torch.Generator().manual_seed(3), t_max=0.5)
+    patches, perm = _patches(2), cell_order(8)
+    clean = build_batch(next_cell_rows([[10, 11], [12]], patches, ["gen", "cap"], torch.Generator().manual_seed(3),
+                                       t_max=0.0))
+    noisy = build_batch(next_cell_rows([[10, 11], [12]], patches, ["gen", "cap"], torch.Generator().manual_seed(3),
+                                       t_max=0.5))
     seq, index, masked = clean["adapter_inputs"]["image"]
     ids, m = clean["input_ids"], clean["mask"][:, 0]
     assert ids.shape == (2, 1 + 2 + 1 + 64 + 1) and (ids[0, 4:68] == IMG).all() and ids[0, 68] == EOI
@@ -140,8 +143,8 @@ def _slots(order):
 @pytest.mark.parametrize("order", ORDERS)
 def test_cached_blocks_match_the_training_forward(order):
     model = _model(order).eval()
-    b0, _ = _raster([VOCAB.encode("a red circle"), [], VOCAB.encode("two blue squares")], ["gen", "gen", "cap"])
-    b = BATCHES[order](b0, torch.tensor([True, True, False]), torch.Generator().manual_seed(1))
+    b = build_batch(ROWS[order]([VOCAB.encode("a red circle"), [], VOCAB.encode("two blue squares")], _patches(3),
+                                ["gen", "gen", "cap"], torch.Generator().manual_seed(1)))
     with torch.no_grad():
         full = model(input_ids=b["input_ids"], adapter_inputs=b["adapter_inputs"], embed_mask=b["embed_mask"],
                      mask=b["mask"])                                                     # (B, T, D)
@@ -164,12 +167,15 @@ def test_cached_blocks_match_the_training_forward(order):
     torch.testing.assert_close(h[0], full[2, 66], atol=1e-5, rtol=1e-4)
 
 
-def _sample(model, order, caps, seed, guided=True, record=None):
-    ids, am = left_pad([[BOS, *c, BOI] for c in caps] + ([[BOS, BOI]] * len(caps) if guided else []))
-    _, state = prefill(model, ids, am, ids.shape[1] + model.adapters["image"].n_patches)
-    g = torch.Generator().manual_seed(seed)
-    return SAMPLERS[order](model, state, len(caps), {"steps": 2, "temperature": 1.0}, g, guided,
-                           lambda p: 1 + 2 * p, **model.config["meta"]["order_kw"])
+def _sample(model, order, caps, seed, guided=True):
+    """The order's schedule after a left-packed ``<bos> caption <boi>`` (cond rows, then null rows)."""
+    seq = pack([[Segment([BOS, *c, BOI])] for c in caps] + ([[Segment([BOS, BOI])]] * len(caps) if guided else []),
+               side="left")
+    prompt = seq.prompt(model, seq.ids.shape[1] + model.adapters["image"].n_patches)
+    kw = {"up": "bilinear"} if order == "next_scale" else {"cell": 2}
+    s = SCHEDULES[order](model, len(caps), {"steps": 2, "temperature": 1.0}, torch.Generator().manual_seed(seed),
+                         (lambda p: 1 + 2 * p) if guided else None, prompt, **kw)
+    return run_to_end(model, s)
 
 
 @pytest.mark.parametrize("order,kind", [("next_scale", "diffusion"), ("next_cell", "flow")])
@@ -193,8 +199,8 @@ def test_sampling_is_the_cached_training_forward(order, kind):
     assert torch.equal(x, y) and len(calls) == len(_slots(order))
     assert [c[3] for c in calls] == pytest.approx([1 + 2 * k / (len(calls) - 1) for k in range(len(calls))])
     # the same sequences in training layout (cond rows, then caption-less null rows), clean context
-    b = BATCHES[order](build_batch(caps + [[], []], x.repeat(2, 1, 1), ["gen"] * 4), torch.ones(4, dtype=torch.bool),
-                       None, **{**model.config["meta"]["order_kw"], **({"t_max": 0.0} if order == "next_cell" else {})})
+    b = build_batch(ROWS[order](caps + [[], []], x.repeat(2, 1, 1), ["gen"] * 4, None,
+                                **{**model.config["meta"]["order_kw"], **({"t_max": 0.0} if order == "next_cell" else {})}))
     if order == "next_scale":  # inputs come from the sampled scales, not from downsampling the result
         seq = b["adapter_inputs"]["image"][0]
         scales = [c[2].view(2, -1, 48).repeat(2, 1, 1) for c in calls]
@@ -215,12 +221,11 @@ def test_sampling_is_the_cached_training_forward(order, kind):
 @pytest.mark.parametrize("order", ORDERS)
 def test_two_training_steps(order):
     model = _model(order).train()
-    images, prompts, captions = t2i.shapes_data(6, "train", 0)
+    images, prompts, captions = shapes_data(6, "train", 0)
     modes = ["gen", "gen", "cap", "gen", "gen", "cap"]
     caps = [VOCAB.encode(c if m == "cap" else p) for p, c, m in zip(prompts, captions, modes)]
-    raster = build_batch(caps, PatchTokenizer().encode(images), modes)
-    b = BATCHES[order](raster, torch.tensor([m == "gen" for m in modes]), torch.Generator().manual_seed(0),
-                       **order_options(order))
+    b = build_batch(ROWS[order](caps, PatchTokenizer().encode(images), modes, torch.Generator().manual_seed(0),
+                                **order_options(order)))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for _ in range(2):
         loss, parts = model(**b, loss_weights={"lm": 1.0, "image": 10.0})
@@ -236,11 +241,10 @@ def test_two_training_steps(order):
 def test_other_grids_digits_8x8_with_2px_patches():
     torch.manual_seed(0)
     patches = torch.randn(2, 16, 4)                                    # 8x8 grey, 2x2 patches: a 4x4 grid
-    raster = build_batch([[10], [11]], patches, ["gen", "cap"])
-    b = next_scale_batch(raster, torch.tensor([True, False]), patch=2)
+    b = build_batch(next_scale_rows([[10], [11]], patches, ["gen", "cap"], patch=2))
     assert n_slots("next_scale", 4) == 21 and b["input_ids"].shape == (2, 1 + 1 + 1 + 21 + 1)
     assert b["adapter_inputs"]["image"][1][1, 2:18].tolist() == list(range(5, 21))   # captioning: finest slots
-    c = next_cell_batch(raster, torch.tensor([True, False]), patch=2)
+    c = build_batch(next_cell_rows([[10], [11]], patches, ["gen", "cap"]))
     assert c["targets"]["image"][1].shape == (16, 4) and not c["mask"][0, 0, 7, 11]  # 4 cells of 4
 
 
@@ -249,7 +253,7 @@ def test_recipe_trains_generates_and_captions(tmp_path, order, order_kw):
     cfg = tiny_cfg(tmp_path)
     cfg.update(order=order, order_kw=order_kw)
     cfg["model"]["args"]["block_size"] = 128                    # next-scale rows hold 85 image slots
-    t2i.run(cfg, out=str(tmp_path / "model"))
+    recipe.run(cfg, out=str(tmp_path / "model"))
     m = t2i.ImageModel.from_pretrained(tmp_path / "model")
     assert m.order == order and m.order_kw == {**OPTIONS[order], **order_kw}
     x = m.text_to_image(["a red circle", "two blue squares"], steps=2, cfg=3.0, seed=1)
@@ -258,4 +262,4 @@ def test_recipe_trains_generates_and_captions(tmp_path, order, order_kw):
     assert len(m.caption(x)) == 2
     assert all(isinstance(s, (str, torch.Tensor)) for s in m.generate("", max_words=4, steps=2))
     with pytest.raises(ValueError, match="unknown option"):
-        t2i.build_model({**cfg, "order_kw": {"speed": 2}}, m.vocab, m.tok)
+        recipe.build_model({**cfg, "order_kw": {"speed": 2}}, m.vocab, m.tok)

@@ -32,14 +32,20 @@ def test_train_a_draft_head_then_generate_with_it(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     cfg = json.loads((tmp_path / "with_head" / "config.json").read_text())
     assert cfg["heads"]["draft"]["class"] == "heads.draft.DraftHead"
-    assert cfg["meta"]["draft_head_command"].startswith("omniar train draft-head --config")
+    assert cfg["meta"]["train_command"].startswith("omniar train draft-head --config")
+    assert cfg["meta"]["base_model"]["train_command"].startswith("omniar train text --config")
     common = ["generate", "--model", tmp_path / "with_head", "First", "--temperature", "0", "--max-new-tokens", "30"]
     plain = cli(*common)
     assert plain.returncode == 0, plain.stderr
     for extra in (["--draft", "head"], ["--draft", "prompt-lookup", "--gamma", "6"], ["--draft", "ngram"],
-                  ["--draft", tmp_path / "model"]):
+                  ["--draft", tmp_path / "model"], ["--draft", tmp_path / "model", "--fallback", "0.3"],
+                  ["--draft", "head", "--fallback", "0.3"], ["--draft", "head", "--rollback", "0"]):
         r = cli(*common, *extra)
         assert r.returncode == 0 and r.stdout == plain.stdout, (extra, r.stderr)
+    r = cli(*common, "--draft", tmp_path / "model", "--rollback", "1e9")  # BiLD's rollback: inexact, still runs
+    assert r.returncode == 0 and r.stdout.startswith("First"), r.stderr
+    r = cli(*common, "--fallback", "0.3")
+    assert r.returncode == 2 and "--draft" in r.stderr and "Traceback" not in r.stderr
     r = cli(*common, "--draft", "head", "--repetition-penalty", "1.3")
     assert r.returncode == 2 and "repetition_penalty" in r.stderr and "Traceback" not in r.stderr
     r = cli("generate", "--model", tmp_path / "model", "First", "--draft", "head")

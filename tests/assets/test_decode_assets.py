@@ -10,6 +10,7 @@ from backbone.container import OmniModel
 from backbone.drafters import HeadDrafter, ModelDrafter
 from backbone.generate import generate
 from backbone.sampling import SamplingParams
+from backbone.speculative import generate_drafted
 from modalities.text import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,7 +45,7 @@ def test_shipped_drafters_are_exact_and_accept_enough(case, kind):
     drafter = HeadDrafter(case["model"]) if kind == "head" else ModelDrafter(case["draft"])
     st = {}
     with torch.inference_mode():
-        out = rows(generate(case["model"], case["ids"], case["params"], drafter=drafter, gamma=4, stats=st))
+        out = rows(generate_drafted(case["model"], case["ids"], case["params"], drafter, gamma=4, stats=st))
     assert out == case["plain"]
     assert st["accepted"] / st["drafted"] >= case["floors"][kind], st
 

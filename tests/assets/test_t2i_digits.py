@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from apps.t2i.model import ImageModel
+from benchmarks.metrics.digit_checks import score_samples, train_classifier
 from benchmarks.t2i_digits import gaussian_baseline
-from modalities.digit_checks import score_samples, train_classifier
 from modalities.digits import caption, load_split, parse_caption, to_tensor
 
 MODEL = "assets/t2i-digits"

@@ -8,7 +8,7 @@ import torch
 
 from apps.t2i.model import ImageModel
 from benchmarks.caption_accuracy import score
-from modalities.image_checks import geneval_lite
+from benchmarks.metrics.image_checks import geneval_lite
 from modalities.image_shapes import held_out_prompts, make_dataset, task_of
 
 MODEL = "assets/t2i-shapes"

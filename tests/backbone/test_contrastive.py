@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backbone.contrastive import generate_contrastive
 from backbone.generate import generate
 from backbone.sampling import SamplingParams
 
@@ -33,25 +34,25 @@ def rows(stream):
 def test_matches_the_direct_implementation_in_a_ragged_batch(tiny_model, alpha):
     prompts = [[1, 2, 3, 4, 5], [7], [9, 9, 9]]
     params = SamplingParams(penalty_alpha=alpha, top_k=4, max_new_tokens=12)
-    got = rows(generate(tiny_model, prompts, params))
+    got = rows(generate_contrastive(tiny_model, prompts, params))
     assert got == [reference(tiny_model, p, 4, alpha, 12) for p in prompts]
 
 
 def test_alpha_zero_plus_k_one_is_greedy(tiny_model):
     g = rows(generate(tiny_model, [[3, 4]], SamplingParams(temperature=0, max_new_tokens=10)))
-    c = rows(generate(tiny_model, [[3, 4]], SamplingParams(penalty_alpha=1e-9, top_k=1, max_new_tokens=10)))
+    c = rows(generate_contrastive(tiny_model, [[3, 4]], SamplingParams(penalty_alpha=1e-9, top_k=1, max_new_tokens=10)))
     assert c == g
 
 
 def test_stop_tokens_and_bad_settings(tiny_model):
     params = SamplingParams(penalty_alpha=0.6, top_k=3, max_new_tokens=10)
-    full = rows(generate(tiny_model, [[1, 2]], params))[0]
-    stopped = rows(generate(tiny_model, [[1, 2]], SamplingParams(penalty_alpha=0.6, top_k=3, max_new_tokens=10,
-                                                                 stop_tokens=[full[3]])))[0]
+    full = rows(generate_contrastive(tiny_model, [[1, 2]], params))[0]
+    stopped = rows(generate_contrastive(tiny_model, [[1, 2]], SamplingParams(
+        penalty_alpha=0.6, top_k=3, max_new_tokens=10, stop_tokens=[full[3]])))[0]
     assert stopped == full[:full.index(full[3]) + 1]
     with pytest.raises(ValueError, match="top_k"):
-        list(generate(tiny_model, [[1]], SamplingParams(penalty_alpha=0.5)))
+        list(generate_contrastive(tiny_model, [[1]], SamplingParams(penalty_alpha=0.5)))
     with pytest.raises(ValueError, match="penalty_alpha"):
-        list(generate(tiny_model, [[1]], SamplingParams(penalty_alpha=1.5, top_k=2)))
+        list(generate_contrastive(tiny_model, [[1]], SamplingParams(penalty_alpha=1.5, top_k=2)))
     with pytest.raises(ValueError, match="context"):
-        list(generate(tiny_model, [[1] * 60], SamplingParams(penalty_alpha=0.5, top_k=2, max_new_tokens=10)))
+        list(generate_contrastive(tiny_model, [[1] * 60], SamplingParams(penalty_alpha=0.5, top_k=2, max_new_tokens=10)))

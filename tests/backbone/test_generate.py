@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from backbone.container import OmniModel, part
-from backbone.generate import decode_one_token, generate, left_pad, prefill
+from backbone.generate import Generation, TextSchedule, decode_one_token, generate, left_pad, prefill
 from backbone.sampling import SamplingParams
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
@@ -180,6 +180,41 @@ def test_compiled_decode_gives_the_same_tokens(seed):
     model = build()
     p = SamplingParams(temperature=0, max_new_tokens=10)
     assert torch.equal(run(model, PROMPTS, p), run(model, PROMPTS, p, compile=True))
+
+
+def _step_interleaved(model, schedules, order):
+    """Step one Generation per schedule in the given order of indices (each until it ends)
+    -> every generation's samples as (B, n)."""
+    gens = [Generation(model, s) for s in schedules]
+    out = [[] for _ in gens]
+    for i in order:
+        x = gens[i].step()
+        if x is not None:
+            out[i].append(x.clone())
+    assert all(g.done for g in gens)
+    return [torch.stack(o, 1) for o in out]
+
+
+@pytest.mark.parametrize("compile", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_interleaved_generations_each_equal_their_solo_run(seed, compile):
+    """Per-request state: two Generations on one model (a greedy batch and a seeded sampled
+    prompt) stepped in an interleaved order give exactly what each gives alone. The caches,
+    positions, generators and stop bookkeeping live in the generations, never on the model.
+    compile=True: static caches and the compiled decode step, shared by both generations."""
+    model = build()
+    greedy = SamplingParams(temperature=0, max_new_tokens=9)
+    sampled = SamplingParams(temperature=1.0, top_k=20, max_new_tokens=13, seed=7)
+    make = lambda: [TextSchedule(model, PROMPTS[:2], greedy, compile=compile),  # noqa: E731
+                    TextSchedule(model, [[5, 2, 8, 8, 1]], sampled, compile=compile)]
+    solo = [_step_interleaved(model, [s], [0] * 20)[0] for s in make()]
+    order = [0, 1, 1, 0, 1, 0, 0, 0, 1, 1, 1, 0, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1] + [0, 1] * 5
+    mixed = _step_interleaved(model, make(), order)
+    assert solo[0].shape == (2, 9) and solo[1].shape == (1, 13)
+    for a, b in zip(solo, mixed):
+        assert torch.equal(a, b)
+    assert not torch.equal(solo[1], _step_interleaved(  # the seed matters: not a degenerate model
+        model, [TextSchedule(model, [[5, 2, 8, 8, 1]], SamplingParams(temperature=1.0, top_k=20,
+                                                                      max_new_tokens=13, seed=8))], [0] * 20)[0])
 
 
 def test_prefix_lm_model_reads_its_prompt_bidirectionally(make_tiny_lm):

@@ -7,9 +7,9 @@ import torch
 
 from backbone.container import OmniModel, part
 from backbone.drafters import HeadDrafter, ModelDrafter, NgramTableDrafter, PromptLookupDrafter
-from backbone.generate import generate
+from backbone.generate import Generation, TextSchedule, generate
 from backbone.sampling import SamplingParams
-from backbone.speculative import generate_drafted
+from backbone.speculative import DraftSchedule, generate_drafted
 from backbone.transformer import ModelArgs
 from heads.draft import DraftHead
 from heads.lm import LMHead
@@ -90,13 +90,42 @@ def test_greedy_is_identical_to_plain_decoding_batched_and_alone(name):
         assert one(big, p, params, drafter=DRAFTERS[name](big), gamma=3) == ref
 
 
-def test_generate_takes_a_drafter_and_reports_acceptance():
+def test_drafting_reports_acceptance():
     big = build()
     params = SamplingParams(temperature=0, max_new_tokens=20)
     st = {}
-    out = rows(generate(big, [[1, 2, 1, 2]], params, drafter=PromptLookupDrafter(), gamma=4, stats=st))
+    out = rows(generate_drafted(big, [[1, 2, 1, 2]], params, PromptLookupDrafter(), gamma=4, stats=st))
     assert out == rows(generate(big, [[1, 2, 1, 2]], params))
     assert st["rounds"] < 20 and st["accepted"] > 0 and st["emitted"] == 20
+
+
+def test_one_token_prompts_prefill_nothing_and_draft_from_the_first_round():
+    """Every prompt is one token: the prefill is empty (the pending token is verified with the
+    first drafts), and the output is still plain greedy decoding."""
+    big = build(draft_head=True)
+    params = SamplingParams(temperature=0, max_new_tokens=15)
+    prompts = [[3], [5]]
+    for drafter in (NgramTableDrafter(corpus=[[3, 1, 2, 3, 1, 2]]), HeadDrafter(big)):
+        assert rows(generate_drafted(big, prompts, params, drafter, gamma=3)) == rows(generate(big, prompts, params))
+
+
+def test_drafted_decoding_interleaves_with_another_generation():
+    """A drafted generation is a schedule with its own cache: stepped alternately with a plain
+    one on the same model, each gives what it gives alone."""
+    big = build()
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    solo = rows(generate_drafted(big, [[1, 2, 1, 2]], params, PromptLookupDrafter()))
+    plain = rows(generate(big, [[4, 4, 7]], params))
+    d = DraftSchedule(big, [[1, 2, 1, 2]], params, PromptLookupDrafter())
+    t = TextSchedule(big, [[4, 4, 7]], params)
+    gd, gt = Generation(big, d), Generation(big, t)
+    got_d, got_t = [], []
+    for _ in range(30):
+        if gd.step() is not None:
+            got_d += [int(x[0]) for x in d.ready()]
+        if (x := gt.step()) is not None:
+            got_t.append(int(x[0]))
+    assert [got_d] == solo and [got_t] == plain
 
 
 def test_fallback_policy_cuts_drafts_short():
@@ -211,5 +240,5 @@ def test_compiled_verification_gives_the_same_tokens():
     prompts = [[1, 2, 3, 1, 2, 3, 1, 2], [5]]
     params = SamplingParams(temperature=0, max_new_tokens=20)
     st = {}
-    out = rows(generate(big, prompts, params, drafter=PromptLookupDrafter(), gamma=4, compile=True, stats=st))
+    out = rows(generate_drafted(big, prompts, params, PromptLookupDrafter(), gamma=4, compile=True, stats=st))
     assert out == rows(generate(big, prompts, params)) and st["accepted"] > 0

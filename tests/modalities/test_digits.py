@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from modalities.digits import (SPLITS, caption, grammar_words, load_split, parse_caption, split_indices,
-                               to_tensor)
+from modalities.digits import (SPLITS, caption, digits_data, grammar_words, load_split, parse_caption,
+                               split_indices, to_tensor)
 
 
 def test_split_sizes_dtypes_and_pixel_range():
@@ -97,3 +97,11 @@ def test_to_tensor():
         to_tensor(images[:, :4])
     with pytest.raises(ValueError, match="uint8"):
         to_tensor(images.astype(np.float32))
+
+
+def test_digits_data_draws_captioned_images():
+    images, prompts, captions = digits_data(5, "test", seed=1)
+    assert images.shape == (5, 1, 8, 8) and images.dtype == torch.float32 and prompts == captions
+    assert all(parse_caption(c) in range(10) for c in captions)
+    again = digits_data(5, "test", seed=1)
+    assert torch.equal(images, again[0]) and captions == again[2]

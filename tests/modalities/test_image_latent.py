@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from apps.t2i.data import shapes_data
 from modalities.image_latent import LatentTokenizer, small_autoencoder_config, train_autoencoder
+from modalities.image_shapes import shapes_data
 
 TINY = small_autoencoder_config(size=32, channels=3, latent_channels=4, down=2, width=16, attention=False)
 

@@ -1,10 +1,12 @@
 """Synthetic GenEval-style shapes (modalities/image_shapes.py): captions, rendering, held-out splits."""
 import numpy as np
 import pytest
+import torch
 
-from modalities.image_checks import detect
+from benchmarks.metrics.image_checks import detect
 from modalities.image_shapes import (AXIS, HELD_OUT_PAIRS, HELD_OUT_RELATIONS, PALETTE, TASKS, Obj, Spec,
-                                     caption, held_out_prompts, make_dataset, parse_caption, render, task_of)
+                                     caption, held_out_prompts, make_dataset, parse_caption, render, shapes_data,
+                                     task_of)
 
 EXAMPLES = {
     "a circle": "single_object", "a circle and a square": "two_object",
@@ -87,3 +89,11 @@ def test_eval_prompts_cover_tasks_with_held_out_combinations():
         elif task in ("counting", "colors", "color_attr"):
             assert pairs & HELD_OUT_PAIRS
     assert len(set(prompts[4 * 24:5 * 24])) == 24 and len(set(prompts[5 * 24:])) == 24
+
+
+def test_shapes_data_is_model_input():
+    images, prompts, captions = shapes_data(4, "train", seed=2)
+    assert images.shape == (4, 3, 32, 32) and float(images.min()) >= 0 and float(images.max()) == 1.0
+    scenes = make_dataset(4, "train", 2, full_captions=True)
+    assert captions == [c for c, _, _ in scenes] and all(parse_caption(p) for p in prompts)
+    assert torch.equal(images[0], torch.tensor(scenes[0][2]).permute(2, 0, 1).float() / 255)

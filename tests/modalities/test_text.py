@@ -1,12 +1,10 @@
 import pytest
 import torch
 
-from backbone.container import OmniModel, part
-from backbone.sampling import SamplingParams
-from backbone.transformer import ModelArgs
-from heads.lm import LMHead
-from modalities.text import (BPETokenizer, CharTokenizer, TokenStream, load_tokenizer,
-                             make_tokenizer, stream_text)
+from backbone.masks import MaskSpec
+from backbone.sequence import Segment, pack
+from modalities.text import (BPETokenizer, CharTokenizer, TextLMTask, TokenStream, load_tokenizer, make_tokenizer,
+                             pack_windows)
 
 CORPUS = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n"
           "Caf\u00e9 na\u00efve \u65e5\u672c\u8a9e \U0001F600 the the the quick brown fox.\n") * 3
@@ -131,115 +129,21 @@ def test_eval_batches_fixed():
     assert not torch.equal(a[0]["input_ids"], a[1]["input_ids"])
 
 
-# ---- stream_text ------------------------------------------------------------------------
-CHARS = "abcdefghijklmnopqrstuvwxyz .,\n"
-
-
-@pytest.fixture
-def char_model(seed):
-    tok = CharTokenizer.train(CHARS)
-    args = ModelArgs.from_name("tiny", vocab_size=tok.vocab_size)
-    m = OmniModel.build(args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=tok.vocab_size, tie=False)})
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return m.eval(), tok
-
-
-def greedy(n=20, **kw):
-    return SamplingParams(temperature=0, max_new_tokens=n, **kw)
-
-
-def test_stream_empty_prompt(char_model):
-    model, tok = char_model
-    with pytest.raises(ValueError, match="empty"):
-        list(stream_text(model, tok, "", greedy()))
-
-
-def test_stream_unknown_chars_and_long_prompt(char_model):
-    model, tok = char_model
-    with pytest.raises(ValueError, match="vocabulary"):
-        list(stream_text(model, tok, "ABC", greedy()))
-    with pytest.raises(ValueError, match="context"):
-        list(stream_text(model, tok, "a" * 65, greedy()))
-    with pytest.raises(ValueError, match="top_p"):
-        list(stream_text(model, tok, "abc", greedy(top_p=0)))
-
-
-def test_stream_pieces_concatenate_to_decode(char_model):
-    model, tok = char_model
-    pieces = list(stream_text(model, tok, "the cat", greedy(25)))
-    from backbone.generate import generate
-    toks = [int(t[0]) for t in generate(model, [tok.encode("the cat")], greedy(25))]
-    assert len(toks) == 25
-    assert "".join(pieces) == tok.decode(toks)
-    assert len(pieces) > 1  # streamed, not returned at once
-    assert len(set(toks)) > 2
-
-
-def test_stream_stop_string_truncates(char_model):
-    model, tok = char_model
-    full = "".join(stream_text(model, tok, "the cat", greedy(25)))
-    stop = full[6:8]  # a two-character string the greedy output contains
-    cut = full.find(stop)
-    out = "".join(stream_text(model, tok, "the cat", greedy(25, stop_strings=[stop])))
-    assert out == full[:cut]
-    assert stop not in out
-    # a stop string that never appears changes nothing
-    assert "zzzzzzzz" not in full
-    assert "".join(stream_text(model, tok, "the cat", greedy(25, stop_strings=["zzzzzzzz"]))) == full
-
-
-def test_stream_stop_token(char_model):
-    model, tok = char_model
-    full = "".join(stream_text(model, tok, "the cat", greedy(25)))
-    stop_char = full[4]
-    out = "".join(stream_text(model, tok, "the cat", greedy(25, stop_tokens=[tok.stoi[stop_char]])))
-    assert out == full[:full.index(stop_char)]
-
-
-def byte_tokens(tok: BPETokenizer, text: str) -> list[int]:
-    """ids that spell ``text`` one UTF-8 byte per token (the byte-level alphabet)."""
-    from tokenizers import pre_tokenizers
-    chars = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)[0][0]
-    return [tok.token_id(c) for c in chars]
-
-
-@pytest.fixture
-def scripted(monkeypatch):
-    """Make generate() yield a fixed token script; returns a fake model and a setter."""
-    import types
-    import backbone.generate as gen_mod
-    script = []
-
-    def fake_generate(model, prompts, params, head="lm", **kw):
-        for t in script[:params.max_new_tokens]:
-            yield torch.tensor([t])
-    monkeypatch.setattr(gen_mod, "generate", fake_generate)
-    model = types.SimpleNamespace(args=types.SimpleNamespace(block_size=64))
-    return model, script
-
-
-def test_stream_bpe_never_emits_half_a_character(bpe, scripted):
-    model, script = scripted
-    text = "a\U0001F600\u65e5b\u00e9"
-    script += byte_tokens(bpe, text)
-    assert len(script) == 1 + 4 + 3 + 1 + 2
-    pieces = list(stream_text(model, bpe, "hi", greedy(50)))
-    assert "".join(pieces) == text
-    assert pieces == ["a", "\U0001F600", "\u65e5", "b", "\u00e9"]
-
-
-def test_stream_stop_string_spanning_tokens(bpe, scripted):
-    model, script = scripted
-    script += byte_tokens(bpe, "ab\U0001F600cd\U0001F600ef")
-    out = list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["d\U0001F600", "zz"])))
-    assert "".join(out) == "ab\U0001F600c"
-    out = list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["\U0001F600"])))
-    assert "".join(out) == "ab"
-    # stop string at the very start: nothing is emitted
-    assert list(stream_text(model, bpe, "hi", greedy(50, stop_strings=["ab"]))) == []
+def test_windows_pack_as_segments_do():
+    """TokenStream batches are packed Sequences: pack_windows gives what pack builds from one
+    token Segment per window (inputs w[:-1], LM targets w[1:]), in a few tensor ops."""
+    win = torch.randint(0, 50, (6, 17), generator=torch.Generator().manual_seed(0))
+    fast, ref = pack_windows(win), pack([[Segment(w, head="lm")] for w in win], trim_last=True)
+    for f in ("ids", "attention_mask", "positions"):
+        assert torch.equal(getattr(fast, f), getattr(ref, f)), f
+    assert (fast.embed_mask, fast.adapter_inputs, fast.block_ids) == (ref.embed_mask, ref.adapter_inputs, ref.block_ids)
+    assert fast.targets.keys() == ref.targets.keys() and torch.equal(fast.targets["lm"], ref.targets["lm"])
+    b, rb = fast.batch(), ref.batch()
+    assert b.keys() == rb.keys() == {"input_ids", "targets"}
+    assert torch.equal(b["input_ids"], win[:, :-1]) and torch.equal(b["targets"]["lm"], win[:, 1:])
+    st = TokenStream(torch.arange(1000) % 97, 16, seed=2)
+    x = st.batch(3, 4)
+    assert torch.equal(x["targets"]["lm"][:, :-1], x["input_ids"][:, 1:])
 
 
 def test_token_stream_no_seed_collisions():
@@ -252,7 +156,6 @@ def test_token_stream_no_seed_collisions():
 
 # ---- training objectives of the ablations (issue 8) ------------------------------------------------
 def objective_task(**objective):
-    from modalities.text import TextLMTask
     ids = torch.arange(400) % 50
     return TextLMTask(ids, ids, block_size=16, batch_size=64, eval_batches=2, seed=3,
                       objective=objective, mask_id=50)
@@ -269,7 +172,6 @@ def test_meap_masks_a_fraction_of_inputs_and_keeps_targets():
 
 
 def test_prefix_lm_batches_hide_the_prefix_from_the_loss():
-    from backbone.masks import MaskSpec
     b = objective_task(prefix_lm=True).train_batch(2, 0, slice(None))
     P, y = b["mask"].prefix_len, b["targets"]["lm"]
     assert isinstance(b["mask"], MaskSpec) and P.shape == (64,) and P.min() >= 1 and P.max() <= 15
@@ -287,7 +189,6 @@ def test_scheduled_sampling_probability_ramps():
 
 
 def test_objective_errors():
-    from modalities.text import TextLMTask
     ids = torch.arange(100) % 10
     with pytest.raises(ValueError, match="unknown objective"):
         TextLMTask(ids, ids, 8, 4, objective={"mtp": 2})

@@ -1,8 +1,8 @@
-"""The exact GenEval-lite checker (modalities/image_checks.py): 100% on ground truth, catches errors."""
+"""The exact GenEval-lite checker (benchmarks/metrics/image_checks.py): 100% on ground truth, catches errors."""
 import numpy as np
 import pytest
 
-from modalities.image_checks import check, classify_shape, detect, geneval_lite
+from benchmarks.metrics.image_checks import check, classify_shape, detect, geneval_lite
 from modalities.image_shapes import PALETTE, SHAPES, TASKS, held_out_prompts, make_dataset, parse_caption, render, shape_mask
 
 

@@ -1,11 +1,11 @@
-"""Digit evaluation (modalities/digit_checks.py): the classifier reads real digits, KID separates
+"""Digit evaluation (benchmarks/metrics/digit_checks.py): the classifier reads real digits, KID separates
 real from noise and is ~0 between samples of one distribution."""
 import time
 
 import pytest
 import torch
 
-from modalities.digit_checks import FEATURES, DigitClassifier, kid, score_samples, train_classifier
+from benchmarks.metrics.digit_checks import FEATURES, DigitClassifier, kid, score_samples, train_classifier
 from modalities.digits import load_split, to_tensor
 
 
