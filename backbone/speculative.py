@@ -95,7 +95,7 @@ class DraftSchedule(Schedule):
         """All but the last column: each row's last prompt token is pending, fed with the drafts."""
         return Prompt(self.ids[:, :-1], self.am[:, :-1], self.max_seq, static=self.compile)
 
-    def next(self, h: Tensor) -> Step | Feed:
+    def next(self, h: Tensor) -> Step | Feed | None:
         if self.draft is None:  # after the prefill: draft and verify the first round
             self.hidden = h[:, -1] if h.shape[1] else None
             return self._round()

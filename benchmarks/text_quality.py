@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from apps import train_text  # noqa: E402
+from apps.text import recipe as train_text  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
 from modalities.text import make_tokenizer  # noqa: E402
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from apps.text.model import stream_text
 from backbone.container import OmniModel
 from backbone.sampling import SamplingParams
-from modalities.text import CharTokenizer, load_tokenizer, stream_text
+from modalities.text import CharTokenizer, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from apps.text.model import stream_text
 from backbone.container import OmniModel
 from backbone.sampling import SamplingParams
-from modalities.text import load_tokenizer, stream_text
+from modalities.text import load_tokenizer
 from quality_utils import val_loss_on_windows  # tests/assets/quality_utils.py
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -56,3 +56,15 @@ def test_stop_tokens_and_bad_settings(tiny_model):
         list(generate_contrastive(tiny_model, [[1]], SamplingParams(penalty_alpha=1.5, top_k=2)))
     with pytest.raises(ValueError, match="context"):
         list(generate_contrastive(tiny_model, [[1] * 60], SamplingParams(penalty_alpha=0.5, top_k=2, max_new_tokens=10)))
+
+
+def test_primer_model_keeps_the_chosen_candidates_conv_inputs(make_tiny_lm):
+    """Primer's Q/K/V convolution reads earlier slots' pre-conv projections (KVCache.raw): keeping
+    a candidate copies those too, or the next step convolves over the wrong candidate."""
+    model = make_tiny_lm(40, qkv_conv=3).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    prompts = [[1, 2, 3, 4, 5], [7]]
+    got = rows(generate_contrastive(model, prompts, SamplingParams(penalty_alpha=0.6, top_k=4, max_new_tokens=10)))
+    assert got == [reference(model, p, 4, 0.6, 10) for p in prompts]

@@ -4,8 +4,11 @@ import pytest
 import torch
 
 from backbone.container import OmniModel, part
+from backbone.contrastive import generate_contrastive
+from backbone.drafters import PromptLookupDrafter
 from backbone.generate import Generation, TextSchedule, decode_one_token, generate, left_pad, prefill
 from backbone.sampling import SamplingParams
+from backbone.speculative import generate_drafted
 from backbone.transformer import ModelArgs
 from heads.lm import LMHead
 
@@ -242,4 +245,6 @@ def test_prefix_lm_model_reads_its_prompt_bidirectionally(make_tiny_lm):
         ids = torch.tensor([prompts[0]])
         assert not torch.allclose(model.backbone(ids, mask=MaskSpec(prefix_len=6))[:, -1], causal.backbone(ids)[:, -1])
     with pytest.raises(ValueError, match="prefix-LM"):
-        list(generate(model, prompts, SamplingParams(penalty_alpha=0.5, top_k=3, max_new_tokens=3)))
+        list(generate_contrastive(model, prompts, SamplingParams(penalty_alpha=0.5, top_k=3, max_new_tokens=3)))
+    with pytest.raises(ValueError, match="prefix-LM"):
+        list(generate_drafted(model, prompts, SamplingParams(temperature=0, max_new_tokens=3), PromptLookupDrafter()))
