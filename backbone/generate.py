@@ -1,4 +1,4 @@
-"""The one generation loop (gpt-fast style: prefill, decode_one_token, decode_n_tokens), driven by schedules.
+"""The one generation loop (gpt-fast style: prefill, then decode_one_token / blocks over a KV cache), driven by schedules.
 
 Every task generates through ``Generation.step``:
 
@@ -389,37 +389,26 @@ def compiled_decode_step(model):
     return fn
 
 
-@torch.no_grad()
-def decode_n_tokens(model, h: Tensor, state: DecodeState, params: SamplingParams, n: int,
-                    head: str = "lm", generator: torch.Generator | None = None,
-                    seen: Tensor | None = None, step_fn=None) -> Iterator[Tensor]:
-    """Sample from ``h`` (B, D), feed the token back, repeat n times. Yields (B,) tokens."""
-    lm = model.heads[head]
-    for i in range(n):
-        tok = lm.sample(h, params=params, generator=generator, seen=seen)       # (B,)
-        if seen is not None:
-            seen[torch.arange(tok.shape[0]), tok] = True
-        yield tok
-        if i + 1 < n:
-            h = decode_one_token(model, tok, state, step_fn)
-
-
 class TextSchedule(Schedule):
     """Token-by-token sampling from one LM head (text, CIF, Chronos bins): stop tokens per row,
     a repetition penalty over what each row has seen, and nanoGPT's sliding window past the
     context (each next token is predicted from the last ``block_size`` tokens, re-encoded once the
-    cache is full). Samples are (B,) token tensors; rows that stopped give ``-1`` from then on."""
+    cache is full). Samples are (B,) token tensors; rows that stopped give ``-1`` from then on.
+    ``compile``: a static cache of block_size slots and a ``torch.compile``d step; ``static`` alone
+    gives the static cache without compiling (what the compiled step traces, checked in tests)."""
 
     def __init__(self, model, prompts: list[list[int]], params: SamplingParams, head: str = "lm",
-                 pad_id: int = 0, device=None, compile: bool = False, skip: LayerSkip | None = None):
-        self.head, self.pad_id, self.compile, self.skip = head, pad_id, compile, skip
+                 pad_id: int = 0, device=None, compile: bool = False, skip: LayerSkip | None = None,
+                 static: bool | None = None):
+        self.head, self.pad_id, self.skip = head, pad_id, skip
+        self.static = compile if static is None else static
         self.device = device or next(model.parameters()).device
         ids, am = left_pad(prompts, pad_id)
         self.ids, self.am = ids.to(self.device), am.to(self.device)
         P, self.block, self.max_new = ids.shape[1], model.args.block_size, params.max_new_tokens
         if P > self.block:
             raise ValueError(f"prompt is {P} tokens but the model's context is {self.block}; shorten the prompt")
-        self.cache_len = self.block if compile else min(self.block, P + self.max_new)
+        self.cache_len = self.block if self.static else min(self.block, P + self.max_new)
         # the token history is kept only if the window must slide
         self.history = [list(p) for p in prompts] if P + self.max_new > self.block else None
         self.generator = None
@@ -443,7 +432,7 @@ class TextSchedule(Schedule):
 
     def prompt(self) -> Prompt:
         self.slot = self.ids.shape[1]
-        return Prompt(self.ids, self.am, self.cache_len, static=self.compile)
+        return Prompt(self.ids, self.am, self.cache_len, static=self.static)
 
     def next(self, h: Tensor) -> Step | None:
         return Step(self.head, h[:, -1], {"params": self.params, "generator": self.generator, "seen": self.seen})
@@ -462,7 +451,7 @@ class TextSchedule(Schedule):
         if self.slot >= self.cache_len:  # context full: re-encode the last block_size tokens of every row
             ids, am = left_pad([row[-self.block:] for row in self.history], self.pad_id)
             self.slot = ids.shape[1]
-            return Feed(prompt=Prompt(ids.to(self.device), am.to(self.device), self.cache_len, static=self.compile))
+            return Feed(prompt=Prompt(ids.to(self.device), am.to(self.device), self.cache_len, static=self.static))
         self.slot += 1
         return Feed(ids=tok[:, None])
 

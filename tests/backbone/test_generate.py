@@ -7,6 +7,7 @@ from backbone.container import OmniModel, part
 from backbone.contrastive import generate_contrastive
 from backbone.drafters import PromptLookupDrafter
 from backbone.generate import Generation, TextSchedule, decode_one_token, generate, left_pad, prefill
+from backbone.generate import run as loop
 from backbone.sampling import SamplingParams
 from backbone.speculative import generate_drafted
 from backbone.transformer import ModelArgs
@@ -160,12 +161,9 @@ def test_generate_validates(seed):
         next(generate(model, [[1]], SamplingParams(temperature=-1)))
 
 
-def _greedy_tokens(model, prompts, n, static=False, step_fn=None):
-    from backbone.generate import decode_n_tokens, decode_step, left_pad, prefill
-    ids, am = left_pad(prompts)
-    h, state = prefill(model, ids, am, model.args.block_size if static else ids.shape[1] + n, static=static)
-    toks = list(decode_n_tokens(model, h, state, SamplingParams(temperature=0), n, step_fn=step_fn or decode_step))
-    return torch.stack(toks, 1)
+def _greedy_tokens(model, prompts, n, static=False):
+    sched = TextSchedule(model, prompts, SamplingParams(temperature=0, max_new_tokens=n), static=static)
+    return torch.stack([t.clone() for t in loop(model, sched)], 1)
 
 
 @pytest.mark.parametrize("pos", ["rope", "learned"])
