@@ -283,7 +283,7 @@ class Transformer(nn.Module):
             input_pos: (T,) cache slots to write in ``cache``, or (B, T) per-row slots (then pass
                 ``mask`` too).
             cache: the generation's KV cache (``new_cache``), or None for a plain forward pass.
-            n_layers: run only the first n layers, then the final norm (early exit, SkipDecode).
+            n_layers: run only the first n layers, then the final norm (early exit: the top layers are dropped).
             skip_mlp: indices of layers whose FFN is skipped (FFN-SkipLLM).
             mlp_sims: a list that receives, per layer run, cos(FFN input, output) as (B, T).
         Returns:
