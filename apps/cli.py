@@ -281,9 +281,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_device(name: str) -> str:
+    """A ``--device`` value -> itself, or ValueError naming the problem (an unknown device type, or
+    a CUDA/MPS device this machine does not have), before any model loads."""
+    import torch
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {name}: only cpu, cuda and mps are supported")
+    return name
+
+
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     try:
+        if getattr(a, "device", None) is not None:
+            check_device(a.device)
         a.fn(a)
     except (ValueError, FileNotFoundError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -32,8 +32,8 @@ class SamplingParams:
         """Raise ValueError with a clear message on absurd settings."""
         def bad(msg):
             raise ValueError(msg)
-        if not (self.temperature >= 0):  # also rejects NaN
-            bad(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (0 <= self.temperature < float("inf")):  # also rejects NaN
+            bad(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             bad(f"top_k must be >= 1 or unset, got {self.top_k}")
         if self.top_p is not None and not (0 < self.top_p <= 1):

@@ -38,6 +38,9 @@ def finetune(model: OmniModel, series: np.ndarray, steps: int, out_dir: str, lr:
              resume: bool = False) -> dict:
     """Train ``model`` in place on one series (L,); returns {"val_before", "val_after", ...}."""
     Forecaster(model)  # clear error for a non-forecasting checkpoint
+    if not (1 <= batch_size <= 4096) or not (1 <= steps <= 1_000_000) or not (0 < lr < 1) or not (0 < val_frac < 1):
+        raise ValueError("batch size must be in [1, 4096], steps in [1, 1000000], lr in (0, 1) and "
+                         f"the validation fraction in (0, 1); got {batch_size}, {steps}, {lr}, {val_frac}")
     meta = model.config["meta"]
     S, C = meta["seg_len"], meta["context_segments"]
     T = meta.get("train_segments", C)

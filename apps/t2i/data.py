@@ -76,8 +76,8 @@ def encode_prompts(vocab: WordVocab, prompts, steps: int, cfg: float, temperatur
         prompts = [prompts]
     if not prompts or len(prompts) > MAX_PROMPTS:
         raise ValueError(f"give 1 to {MAX_PROMPTS} prompts, got {len(prompts)}")
-    if not (1 <= steps <= 1000) or not (cfg >= 0) or not (temperature >= 0):
-        raise ValueError("steps must be in [1, 1000], cfg >= 0 and temperature >= 0")
+    if not (1 <= steps <= 1000) or not (0 <= cfg <= 100) or not (0 <= temperature <= 10):
+        raise ValueError("steps must be in [1, 1000], cfg in [0, 100] and temperature in [0, 10]")
     return [vocab.encode(p) for p in prompts]
 
 

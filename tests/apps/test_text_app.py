@@ -90,7 +90,7 @@ def test_make_params_conventions():
     (dict(prompt="ROMEO" + OOV), "outside this model's vocabulary"),
     (dict(prompt="R" * 100), "context is 64"),
     (dict(top_p=0), "top_p must be in (0, 1]"),
-    (dict(temperature=-1), "temperature must be >= 0"),
+    (dict(temperature=-1), "temperature must be a finite number >= 0"),
     (dict(max_new_tokens=10**9), "max_new_tokens must be in"),
     (dict(temperature=math.nan), "temperature must be a finite number"),
     (dict(top_p=math.inf), "top_p must be a finite number"),
@@ -161,7 +161,7 @@ def test_client_generates(client):
 
 @pytest.mark.parametrize("bad, message", [
     (dict(top_p=0), "top_p must be in (0, 1]"),
-    (dict(temperature=-1), "temperature must be >= 0"),
+    (dict(temperature=-1), "temperature must be a finite number >= 0"),
     (dict(max_new_tokens=10**9), "max_new_tokens must be in"),
     (dict(prompt=""), "prompt is empty"),
 ])
