@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from apps.forecast.model import MAX_CONTEXT, MAX_HORIZON, MAX_SERIES
+from apps.forecast.model import MAX_CONTEXT, check_request
 from backbone.container import OmniModel
 from backbone.generate import generate
 from backbone.sampling import SamplingParams
@@ -49,14 +48,7 @@ class BinForecaster:
         original units: empirical quantiles of ``num_samples`` sampled paths per series.
         ``batch_size`` series (x num_samples rows) go through the model at a time; a fixed
         ``seed`` makes a call reproducible (for the same batch_size)."""
-        if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
-            context = [context]
-        if not isinstance(context, (list, tuple)) or not context:
-            raise ValueError("context must be a 1-D series or a non-empty list of them")
-        if len(context) > MAX_SERIES:
-            raise ValueError(f"at most {MAX_SERIES} series per call, got {len(context)}")
-        if isinstance(horizon, bool) or not (isinstance(horizon, int) and 1 <= horizon <= MAX_HORIZON):
-            raise ValueError(f"horizon must be an integer in [1, {MAX_HORIZON}], got {horizon!r}")
+        context = check_request(context, horizon)
         if isinstance(quantiles, (str, bytes)) or not hasattr(quantiles, "__len__") or len(quantiles) == 0:
             raise ValueError("quantiles must be a non-empty list of numbers in (0, 1)")
         for q in quantiles:

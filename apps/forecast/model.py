@@ -23,6 +23,21 @@ from modalities.timeseries_time import TimestampEncoder, context_start, parse_fr
 MAX_SERIES, MAX_HORIZON, MAX_CONTEXT = 1024, 2048, 100_000
 
 
+def check_request(context, horizon) -> list:
+    """The checks every forecaster makes of a request: ``context`` a 1-D series or a non-empty list
+    of at most MAX_SERIES of them, ``horizon`` an integer in [1, MAX_HORIZON] -> the list of series
+    (ValueError naming the problem otherwise)."""
+    if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
+        context = [context]
+    if not isinstance(context, (list, tuple)) or not context:
+        raise ValueError("context must be a 1-D series or a non-empty list of them")
+    if len(context) > MAX_SERIES:
+        raise ValueError(f"at most {MAX_SERIES} series per call, got {len(context)}")
+    if isinstance(horizon, bool) or not (isinstance(horizon, int) and 1 <= horizon <= MAX_HORIZON):
+        raise ValueError(f"horizon must be an integer in [1, {MAX_HORIZON}], got {horizon!r}")
+    return list(context)
+
+
 class SegmentRollout(Schedule):
     """The forecast rollout as a schedule: the context's segment tokens are prefilled through the
     ``segment`` adapter; at each step the ``forecast`` head samples the next segment's quantiles
@@ -89,14 +104,7 @@ class Forecaster:
         ``timestamps`` (per context: the timestamps of all its points, or of its first point with
         ``freq``, a pandas alias such as 'h' or 'MS'; None entries allowed) feed models trained
         with timestamps as positions; other models ignore them."""
-        if isinstance(context, (np.ndarray, Tensor)) and np.ndim(context) == 1:
-            context = [context]
-        if not isinstance(context, (list, tuple)) or not context:
-            raise ValueError("context must be a 1-D series or a non-empty list of them")
-        if len(context) > MAX_SERIES:
-            raise ValueError(f"at most {MAX_SERIES} series per call, got {len(context)}")
-        if not (isinstance(horizon, int) and 1 <= horizon <= MAX_HORIZON):
-            raise ValueError(f"horizon must be an integer in [1, {MAX_HORIZON}], got {horizon!r}")
+        context = check_request(context, horizon)
         head = self.model.heads["forecast"]
         qidx = []
         for q in quantiles:
