@@ -154,7 +154,7 @@ def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_l
     dense: dict[str, Tensor] = {}          # head -> (B, T) ids targets
     sparse: dict[str, list] = {}           # head -> [select (B, T), [(b, p, target row)]]
     for b, row in enumerate(rows):
-        p = T - lengths[b] if side == "left" else 0
+        p = start = T - lengths[b] if side == "left" else 0
         am[b, p:p + lengths[b]] = 1
         for seg in row:
             n = len(seg)
@@ -176,7 +176,7 @@ def pack(rows: list[list[Segment]], pad_id: int = 0, side: str = "right", trim_l
                 embed_mask[b, sl] = True
             if seg.head is not None:
                 at = torch.arange(p, p + n) - seg.shift                       # the predicting positions
-                keep = seg.scored_mask() & (at >= 0)
+                keep = seg.scored_mask() & (at >= start)         # never predicted from padding
                 if seg.target is None:
                     dense.setdefault(seg.head, torch.full((B, T), IGNORE, dtype=torch.long))
                     dense[seg.head][b, at[keep]] = seg.ids[keep]

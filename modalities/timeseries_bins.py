@@ -137,9 +137,7 @@ def leading_pad(ids: Tensor, pad_id: int) -> Tensor:
 
 def bin_segment(ids: Tensor, pad_id: int) -> Segment:
     """A row of ids (L,), left-padded with PAD -> a Segment of its real part with LM targets:
-    every token but the first (which only the left padding precedes) is scored, unless it is
-    PAD (a missing value is read, never predicted)."""
+    every token is scored (pack never scores the first, which only padding precedes) unless it
+    is PAD (a missing value is read, never predicted)."""
     real = ids[int(leading_pad(ids[None], pad_id)[0]):]
-    scored = real != pad_id
-    scored[0] = False
-    return Segment(real, kind="bins", head="lm", scored=scored)
+    return Segment(real, kind="bins", head="lm", scored=real != pad_id)

@@ -82,3 +82,17 @@ def test_trim_last_makes_the_final_token_a_target_only():
     seq = pack([[Segment([1, 2, 3], head="lm")], [Segment([4, 5], head="lm")]], trim_last=True)
     assert seq.ids.tolist() == [[1, 2], [4, 0]] and seq.attention_mask.tolist() == [[1, 1], [1, 0]]
     assert seq.targets["lm"].tolist() == [[2, 3], [5, IGNORE]]
+
+
+def test_left_packed_training_rows_get_positions_a_padding_mask_and_a_minimum_length():
+    seq = pack([[Segment([1, 2, 3], head="lm")], [Segment([4, 5], head="lm")]], side="left", trim_last=True,
+               length=5)
+    # five columns, the last dropped by trim_last: each row's final token is only a target; a row's
+    # first token is never predicted from the padding before it
+    assert seq.ids.tolist() == [[0, 0, 1, 2], [0, 0, 0, 4]]
+    assert seq.targets["lm"].tolist() == [[IGNORE, IGNORE, 2, 3], [IGNORE, IGNORE, IGNORE, 5]]
+    b = seq.batch()
+    assert b["positions"].tolist() == [[0, 0, 0, 1], [0, 0, 0, 0]]
+    mask = b["mask"]                                                 # (B, 1, T, T): padding keys hidden
+    assert mask.shape == (2, 1, 4, 4)
+    assert mask[0, 0, 3].tolist() == [False, False, True, True] and mask[1, 0, 3].tolist() == [False, False, False, True]
