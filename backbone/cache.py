@@ -27,6 +27,17 @@ class KVCache(nn.Module):
     def max_seq(self) -> int:
         return self.k_cache.shape[2]
 
+    def view(self, row: int, max_seq: int) -> "KVCache":
+        """A (1, n_kv_head, max_seq, head_dim) KVCache sharing row ``row``'s storage: what one
+        request decodes into when its cache is a row of a batched pool (backbone/batching.py)."""
+        v = KVCache.__new__(KVCache)
+        nn.Module.__init__(v)
+        v.static = False
+        v.register_buffer("k_cache", self.k_cache[row:row + 1, :, :max_seq], persistent=False)
+        v.register_buffer("v_cache", self.v_cache[row:row + 1, :, :max_seq], persistent=False)
+        v.register_buffer("raw", None if self.raw is None else self.raw[row:row + 1, :max_seq], persistent=False)
+        return v
+
     def update(self, input_pos: Tensor, k: Tensor, v: Tensor, upto: int | None = None) -> tuple[Tensor, Tensor]:
         """Write k, v (B, nkv, T, hs) at slots input_pos (T,); return the filled (B, nkv, S, hs) views.
 
@@ -80,3 +91,21 @@ class Cache(nn.Module):
     @property
     def static(self) -> bool:
         return self.layers[0].static
+
+    @property
+    def rows(self) -> int:
+        return self.layers[0].k_cache.shape[0]
+
+    def view(self, row: int, max_seq: int) -> "Cache":
+        """Row ``row``'s first ``max_seq`` slots as a one-row Cache that shares this one's storage."""
+        return Cache([c.view(row, max_seq) for c in self.layers])
+
+    @torch.no_grad()
+    def copy_row(self, row: int, src: "Cache"):
+        """Write a one-row cache's slots into row ``row`` (slots 0 .. src.max_seq - 1)."""
+        S = src.max_seq
+        for c, s in zip(self.layers, src.layers):
+            c.k_cache[row, :, :S] = s.k_cache[0]
+            c.v_cache[row, :, :S] = s.v_cache[0]
+            if c.raw is not None:
+                c.raw[row, :S] = s.raw[0]

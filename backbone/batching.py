@@ -1,0 +1,299 @@
+"""Continuous batching over the one generation loop: many requests, one batched decoding step.
+
+Iteration-level scheduling in the spirit of Orca (Yu et al., OSDI 2022) and vLLM's engine: a
+request joins the running batch at the next step boundary and leaves as soon as it finishes, so a
+short request never waits for a long one. What differs from vLLM: no paged attention. Each running
+request owns one row of a pre-allocated KV pool (``max_rows`` x ``max_seq`` slots), and every row
+keeps its own positions and slots (the per-row slot writes of backbone/cache.py).
+
+Every request is an ordinary ``Generation`` of a one-row ``Schedule`` (TextSchedule for text and
+CIFs, SpeechSchedule for codec tokens, ...), whose cache is a view of its pool row. One engine
+step (``BatchEngine.step``):
+
+    1. admit: queued requests take free rows; each is prefilled alone and samples its first token
+       (its prefill cache is copied into its row, which its generation then decodes into);
+    2. batch: every running generation whose pending feed is one token id is advanced by ONE
+       backbone call over the pool's rows: ids (R, 1) at per-row slots and positions, with a mask
+       per row (its own slots only, or the schedule's mask, e.g. RALL-E's window). Rows that do
+       not take part write a throw-away scratch slot that no request ever reads;
+    3. solo: a feed of any other kind (a block, an embedding, a sliding-window re-encode, a
+       draft to verify) is advanced by the generation itself, on its row;
+    4. sample: each generation's head samples from its own hidden state with its own settings and
+       seeded generator, and its schedule turns the sample into the next feed.
+
+Because each row sees exactly its own keys, positions and generator, a request gives what it gives
+alone: the same tokens greedily, and the same tokens for a seed when sampling (tests/backbone/
+test_batching.py steps staggered requests and compares them with solo runs).
+
+Bounded: ``max_rows`` running rows, ``max_queue`` waiting requests (``submit`` raises QueueFull
+beyond it), a per-request deadline, and ``Ticket.cancel`` (a client that went away) frees the row
+at the next step boundary. ``max_rows=1`` is the unbatched baseline: one request at a time.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .generate import Feed, Generation, Schedule
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(RuntimeError):
+    """The engine's queue is full; try again after ``retry_after`` seconds."""
+
+    def __init__(self, msg: str, retry_after: float = 1.0):
+        super().__init__(msg)
+        self.retry_after = retry_after
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One submitted request. ``on_sample(x)`` runs on the engine thread for every sample; the
+    ticket ends with ``reason`` "done" (its schedule finished), "cancelled", "timeout" or "error"."""
+    schedule: Schedule
+    on_sample: Callable[[Any], None] | None = None
+    deadline: float | None = None            # time.monotonic() after which the request is ended
+    on_end: Callable[["Ticket"], None] | None = None
+    gen: Generation | None = None
+    row: int = -1
+    solo: bool = False                       # its cache cannot live in the pool: always stepped alone
+    view: Any = None                         # its pool row, as the one-row Cache its generation uses
+    samples: int = 0
+    reason: str | None = None
+    error: BaseException | None = None
+    t_submit: float = field(default_factory=time.monotonic)
+    t_start: float | None = None
+    t_first: float | None = None
+    cancelled: bool = False
+    finished: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self):
+        """End the request at the next step boundary (thread-safe)."""
+        self.cancelled = True
+
+    def result(self, timeout: float | None = None):
+        """Wait for the end -> ``schedule.result()``; raises the request's error, or TimeoutError."""
+        if not self.finished.wait(timeout):
+            raise TimeoutError("the request did not finish in time")
+        if self.error is not None:
+            raise self.error
+        return self.schedule.result()
+
+
+@dataclass
+class EngineStats:
+    """Counters for /metrics (read without a lock: each is one int/float written by the engine)."""
+    steps: int = 0                 # engine steps that ran a batched backbone call
+    samples: int = 0               # samples handed to requests
+    admitted: int = 0
+    finished: collections.Counter = field(default_factory=collections.Counter)  # by reason
+    rows_hist: collections.Counter = field(default_factory=collections.Counter)  # batched rows per step
+
+
+class BatchEngine:
+    """Continuous batching of one-row generations on one model (see the module docstring).
+
+        engine = BatchEngine(model, max_rows=16).start()        # a background thread
+        t = engine.submit(TextSchedule(model, [ids], params), on_sample=print)
+        t.result()
+    """
+
+    def __init__(self, model, max_rows: int = 32, max_queue: int = 64, max_seq: int | None = None,
+                 device=None, name: str = "engine"):
+        if max_rows < 1 or max_queue < 0:
+            raise ValueError("max_rows must be >= 1 and max_queue >= 0")
+        self.model, self.name = model.eval(), name
+        self.max_rows, self.max_queue = max_rows, max_queue
+        self.max_seq = max_seq or model.args.block_size
+        self.scratch = self.max_seq                       # the throw-away slot of idle rows
+        self.pool = model.backbone.new_cache(max_rows, self.max_seq + 1, device=device)
+        self.rows: list[Ticket | None] = [None] * max_rows
+        self.queue: collections.deque[Ticket] = collections.deque()
+        self.cv = threading.Condition()
+        self.stats = EngineStats()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    # ---- the client side (any thread) -------------------------------------------------------
+    def submit(self, schedule: Schedule, on_sample=None, timeout: float | None = None, on_end=None) -> Ticket:
+        """Queue a one-row schedule -> Ticket. Raises QueueFull when ``max_queue`` wait already."""
+        t = Ticket(schedule, on_sample, None if timeout is None else time.monotonic() + timeout, on_end)
+        with self.cv:
+            if len(self.queue) >= self.max_queue:
+                raise QueueFull(f"{len(self.queue)} requests are already waiting", retry_after=1.0)
+            self.queue.append(t)
+            self.cv.notify()
+        return t
+
+    @property
+    def running(self) -> int:
+        return sum(t is not None for t in self.rows)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def start(self) -> "BatchEngine":
+        """Run ``step`` on a daemon thread until ``stop``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self):
+        with self.cv:
+            self._stop = True
+            self.cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _loop(self):
+        while True:
+            with self.cv:
+                while not self._stop and not self.queue and not any(self.rows):
+                    self.cv.wait()
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:  # a bug in the engine itself: end everything running, keep serving
+                log.exception("engine step failed")
+                for t in [t for t in self.rows if t is not None]:
+                    self._end(t, "error", RuntimeError("the engine failed; see the server log"))
+
+    # ---- the engine thread ------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> bool:
+        """One engine step (admit, batch, solo, sample). Returns False when there was nothing to do."""
+        now = time.monotonic()
+        for t in list(self.rows):
+            if t is not None and (t.cancelled or (t.deadline is not None and now > t.deadline)):
+                self._end(t, "cancelled" if t.cancelled else "timeout")
+        self._admit(now)
+        running = [t for t in self.rows if t is not None]
+        if not running:
+            return bool(self.queue)
+        batch = [t for t in running if self._batchable(t)]
+        for t in running:
+            if t not in batch and t.samples > 0:
+                self._sample(t)                                  # 3. advances alone, then samples
+        if batch:
+            self._batched_advance(batch)                         # 2. one backbone call
+            for t in batch:
+                self._sample(t)                                  # 4.
+        return True
+
+    def _admit(self, now: float):
+        """Queued requests -> free rows; each is prefilled alone and samples its first output."""
+        while True:
+            with self.cv:
+                while self.queue and (self.queue[0].cancelled or
+                                      (self.queue[0].deadline is not None and now > self.queue[0].deadline)):
+                    t = self.queue.popleft()
+                    self._end(t, "cancelled" if t.cancelled else "timeout")
+                if not self.queue or None not in self.rows:
+                    return
+                t = self.queue.popleft()
+                t.row = self.rows.index(None)
+                self.rows[t.row] = t
+            t.gen, t.t_start = Generation(self.model, t.schedule), time.monotonic()
+            self.stats.admitted += 1
+            self._sample(t)                                      # 1. prefill + first sample
+
+    def _batchable(self, t: Ticket) -> bool:
+        """Is this generation's next input one committed token that the batched step can run?"""
+        f, g = t.gen.pending, t.gen
+        return (not t.solo and t.samples > 0 and f is not None and f.ids is not None and f.ids.shape == (1, 1)
+                and f.commit and f.prompt is None and f.slots is None and f.keep is None
+                and g.schedule.step_fn is None and g.state.skip is None)
+
+    def _batched_advance(self, batch: list[Ticket]):
+        """Advance every generation in ``batch`` by its one pending token, in one backbone call.
+        Rows 0 .. R-1 of the pool run; rows not in the batch write the scratch slot and are ignored."""
+        R = max(t.row for t in self.rows if t is not None) + 1
+        dev = self.pool.layers[0].k_cache.device
+        ids = torch.zeros(R, 1, dtype=torch.long, device=dev)
+        positions = torch.zeros(R, 1, dtype=torch.long, device=dev)
+        slots = torch.full((R, 1), self.scratch, dtype=torch.long, device=dev)
+        for t in batch:
+            st = t.gen.state
+            ids[t.row] = t.gen.pending.ids[0]
+            positions[t.row] = st.positions[0]
+            slots[t.row] = st.next_slot
+        S = int(slots.max()) + 1
+        mask = torch.arange(S, device=dev)[None, :] <= slots                          # (R, S) own slots so far
+        for t in batch:       # a row's own padding or its schedule's mask (RALL-E's window)
+            st, f = t.gen.state, t.gen.pending
+            n = st.next_slot + 1
+            if f.mask is not None:
+                mask[t.row, :n] = f.mask.reshape(-1)[:n]
+            elif st.key_valid is not None:
+                mask[t.row, :n] &= st.key_valid[0, :n]
+        h = self.model.backbone(input_ids=ids, positions=positions, mask=mask[:, None, None, :],
+                                input_pos=slots, cache=self.pool)                      # (R, 1, D)
+        for t in batch:
+            st = t.gen.state
+            st.positions, st.next_slot, st.step = st.positions + 1, st.next_slot + 1, st.step + 1
+            t.gen.h, t.gen.pending = h[t.row:t.row + 1], None                             # (1, 1, D)
+        self.stats.steps += 1
+        self.stats.rows_hist[len(batch)] += 1
+
+    def _sample(self, t: Ticket):
+        """Let the generation take its step (advancing alone first if its feed was not batched),
+        hand the sample to the request, and end it when its schedule is finished."""
+        try:
+            x = t.gen.step()
+            if t.gen.state is not None and not t.solo and not t.gen.done:
+                self._adopt(t)
+            if x is not None:
+                t.samples += 1
+                self.stats.samples += 1
+                if t.t_first is None:
+                    t.t_first = time.monotonic()
+                if t.on_sample is not None:
+                    t.on_sample(x)
+        except Exception as e:  # this request's fault (or its callback's): end it alone
+            self._end(t, "error", e)
+            return
+        if t.gen.done:
+            self._end(t, "done")
+
+    def _adopt(self, t: Ticket):
+        """Move a generation's cache into its pool row when it made a fresh one (its prefill, a
+        sliding window's re-encode), and make the generation decode into that row from now on."""
+        st = t.gen.state
+        c = st.cache
+        if c is t.view:
+            return
+        if c.static or c.rows != 1 or c.max_seq > self.max_seq:  # a compiled / batched / long cache
+            t.solo = True
+            return
+        self.pool.copy_row(t.row, c)
+        st.cache = t.view = self.pool.view(t.row, c.max_seq)
+
+    def _end(self, t: Ticket, reason: str, error: BaseException | None = None):
+        with self.cv:
+            if 0 <= t.row < self.max_rows and self.rows[t.row] is t:
+                self.rows[t.row] = None
+            if t in self.queue:
+                self.queue.remove(t)
+        if t.reason is not None:
+            return
+        t.reason, t.error = reason, error
+        self.stats.finished[reason] += 1
+        if t.gen is not None:
+            t.gen.done = True
+            t.gen.state = None        # the row's view is dropped; a fresh cache is never kept
+        t.finished.set()
+        if t.on_end is not None:
+            try:
+                t.on_end(t)
+            except Exception:
+                log.exception("on_end callback failed")
