@@ -112,10 +112,14 @@ def _finetune_forecast(a):
     forecast_finetune.main(a)
 
 
+def _serve(a):
+    from apps.api import launch
+    launch.main(a)
+
+
 def _serve_forecast(a):
-    from apps.forecast import api as forecast_api
-    argv = ["--model", a.model, "--host", a.host, "--port", str(a.port), "--max-waiting", str(a.max_waiting)]
-    forecast_api.main(argv)
+    from apps.api import launch
+    launch.main(a, defaults=("assets/forecast-zeroshot",))
 
 
 def _crystal(a):
@@ -144,6 +148,25 @@ def _export(a):
     from backbone.hf_import import export_hf
     export_hf(OmniModel.from_pretrained(a.model), a.out, model_type=a.arch)
     print(f"wrote a Hugging Face {a.arch} folder to {a.out}")
+
+
+SERVE_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif",
+                "assets/t2i-shapes", "assets/speech-tts", "assets/forecast-zeroshot")
+
+
+def launch_args(ap: argparse.ArgumentParser, models=SERVE_MODELS, port: int = 8000):
+    """The flags of ``omniar serve`` (apps/api/launch.py)."""
+    ap.add_argument("--model", action="append", help=f"checkpoint folder to serve (repeat it; default: "
+                    f"{' '.join(models)})")
+    ap.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s, loopback only)")
+    ap.add_argument("--port", type=int, default=port)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--max-rows", type=int, default=32, help="rows per continuous batch (default %(default)s)")
+    ap.add_argument("--max-queue", type=int, default=64, help="waiting requests per model; beyond: 429")
+    ap.add_argument("--max-tokens", type=int, default=1024, help="max_tokens limit per choice")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
+    ap.add_argument("--max-body-mb", type=float, default=8.0, help="request body cap (413 beyond)")
+    ap.add_argument("--no-batching", action="store_true", help="one request at a time (the baseline)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,11 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--device", default="cpu")
     ft.set_defaults(fn=_finetune_forecast)
 
-    sf = sub.add_parser("serve-forecast", help="the forecasting REST API (FastAPI; POST /v1/forecast)")
-    sf.add_argument("--model", default="assets/forecast-zeroshot")
-    sf.add_argument("--host", default="127.0.0.1")
-    sf.add_argument("--port", type=int, default=8000)
-    sf.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")
+    sv = sub.add_parser("serve", help="the HTTP API (OpenAI-compatible completions, images, speech; forecasts) "
+                        "with continuous batching, on 127.0.0.1")
+    launch_args(sv)
+    sv.set_defaults(fn=_serve)
+    sf = sub.add_parser("serve-forecast", help="alias: omniar serve with only the forecasting model")
+    launch_args(sf, models=("assets/forecast-zeroshot",))
     sf.set_defaults(fn=_serve_forecast)
 
     c = sub.add_parser("crystal", help="generate crystal structures (CIF) for a composition")

@@ -1,33 +1,30 @@
-"""The forecasting REST API: ``omniar serve-forecast [--host 127.0.0.1] [--port 8000]``.
+"""The forecasting request and response of ``POST /v1/forecast`` (served by ``omniar serve``,
+apps/api/server.py; ``omniar serve-forecast`` is its forecasting-only alias).
 
-    POST /v1/forecast  {"series": [[...], ...], "horizon": 96, "quantiles": [0.1, 0.5, 0.9],
-                        "timestamps": ["2016-07-01 00:00", ...], "freq": "h"}
-    GET  /health
-    GET  /docs, /openapi.json   (FastAPI's own)
+    {"series": [[...], ...], "horizon": 96, "quantiles": [0.1, 0.5, 0.9],
+     "timestamps": ["2016-07-01 00:00", ...], "freq": "h"}
 
-pydantic validates sizes (series per request, points per series, horizon) and types; every
-kind of bad input is a 4xx with a message. NaN arrives as JSON null. One forecast runs at a
-time (each has its own KV cache, but they would share the compute; a batch of series is one
-forward anyway); at most ``max_waiting`` requests wait for it, each up to ``queue_timeout``
-seconds, and the rest get 503 at once. Binds 127.0.0.1 unless told otherwise.
+pydantic validates sizes (series per request, points per series, horizon) and types strictly
+(a number is a JSON number, not a string or a boolean; unknown fields are refused). A missing
+value is JSON null; NaN, Infinity and values beyond +-1e15 are refused with the series named.
 """
 from __future__ import annotations
 
 import argparse
 import math
 
-import anyio
-import numpy as np
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from apps.forecast.model import MAX_HORIZON, Forecaster
+from apps.forecast.model import MAX_HORIZON
 from modalities.timeseries_time import parse_freq
 
 MAX_SERIES_PER_REQUEST, MAX_POINTS = 256, 20_000
+MAX_ABS_VALUE = 1e15      # beyond this the float32 model's scaling overflows; refused, not clipped
 
 
 class ForecastRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str | None = Field(None, max_length=200, description="default: the server's forecasting model")
     series: list[list[float | None]] = Field(min_length=1, max_length=MAX_SERIES_PER_REQUEST,
                                              description="one or more series; null = missing value")
     horizon: int = Field(ge=1, le=MAX_HORIZON)
@@ -48,8 +45,11 @@ class ForecastRequest(BaseModel):
                 raise ValueError(f"series {i} has {len(s)} points; the limit is {MAX_POINTS}")
             if all(x is None for x in s):
                 raise ValueError(f"series {i} has no observed value")
-            if any(x is not None and not math.isfinite(x) for x in s):
-                raise ValueError(f"series {i} contains a non-finite number")
+            bad = next((j for j, x in enumerate(s) if x is not None and not (math.isfinite(x) and
+                                                                           abs(x) <= MAX_ABS_VALUE)), None)
+            if bad is not None:
+                raise ValueError(f"series {i} point {bad} is NaN, infinite or beyond +-{MAX_ABS_VALUE:g}; "
+                                 "send a missing value as null")
         return v
 
     @field_validator("timestamps")
@@ -77,55 +77,3 @@ class ForecastRequest(BaseModel):
 class ForecastResponse(BaseModel):
     quantiles: list[float]
     forecast: list[list[list[float]]] = Field(description="[series][step][quantile]")
-
-
-def build_app(forecaster: Forecaster, max_waiting: int = 32, queue_timeout: float = 30.0) -> FastAPI:
-    app = FastAPI(title="OmniAR forecasting", version="1")
-    limiter = anyio.CapacityLimiter(1)
-    waiting = [0]
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "seg_len": forecaster.S, "context_segments": forecaster.T}
-
-    @app.post("/v1/forecast", response_model=ForecastResponse)
-    async def forecast(req: ForecastRequest):
-        series = [np.array([np.nan if x is None else x for x in s], dtype=np.float64) for s in req.series]
-        if waiting[0] >= max_waiting:
-            raise HTTPException(503, "the server is busy; try again")
-        waiting[0] += 1
-        try:
-            with anyio.fail_after(queue_timeout):
-                await limiter.acquire()
-        except TimeoutError:
-            raise HTTPException(503, "the server is busy; try again") from None
-        finally:
-            waiting[0] -= 1
-        try:  # the forecast itself runs in a worker thread; the event loop stays free
-            out = await anyio.to_thread.run_sync(
-                lambda: forecaster.predict(series, req.horizon, quantiles=req.quantiles,
-                                           timestamps=req.timestamps, freq=req.freq))
-        except ValueError as e:
-            raise HTTPException(422, str(e)) from None
-        finally:
-            limiter.release()
-        return ForecastResponse(quantiles=req.quantiles, forecast=out.tolist())
-
-    return app
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="omniar serve-forecast", description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="assets/forecast-zeroshot")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--max-waiting", type=int, default=32, help="queued requests beyond this get 503")
-    a = ap.parse_args(argv)
-    import uvicorn  # the server itself: only when serving, not for build_app (tests, embedding)
-    app = build_app(Forecaster.from_pretrained(a.model), a.max_waiting)
-    uvicorn.run(app, host=a.host, port=a.port, log_level="warning")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -58,39 +58,85 @@ def generate_tokens(model, prompts: list[list[int]], params: SamplingParams, hea
     return generate(model, prompts, params, head, pad_id, compile=compile, skip=skip)
 
 
+class TextStream:
+    """Tokens in, text pieces out, for one prompt: stop tokens, stop strings (text that may start
+    a stop string is held back until it cannot), and byte-level BPE's incomplete UTF-8 sequences.
+
+        ts = TextStream(tokenizer, params)
+        for t in tokens: piece = ts.push(t); ... if ts.stopped: break
+        rest = ts.flush()
+    """
+
+    def __init__(self, tokenizer, params: SamplingParams):
+        self.tok, self.stop_tokens = tokenizer, set(params.stop_tokens)
+        self.stop_strings = [s for s in params.stop_strings if s]
+        self.hold = max((len(s) for s in self.stop_strings), default=0)
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.stopped = False        # a stop token or stop string ended the text
+
+    def push(self, t: int) -> str:
+        """One generated token (-1: the row already stopped) -> the text it releases (maybe "")."""
+        if self.stopped:
+            return ""
+        if t < 0 or t in self.stop_tokens:
+            self.stopped = True
+            return self.flush()
+        self.ids.append(t)
+        text = self.tok.decode(self.ids)
+        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._emit(text, cut)
+        safe = len(text) - self.hold
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence from byte-level BPE
+            safe = min(safe, len(text) - 1)
+        return self._emit(text, safe)
+
+    def flush(self) -> str:
+        """The end of generation: release what was held back."""
+        text = self.tok.decode(self.ids)
+        if self.stopped:   # a stop string's text was already cut off by _emit
+            cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=len(text))
+            return self._emit(text, cut)
+        return self._emit(text, len(text))
+
+    def _emit(self, text: str, upto: int) -> str:
+        if upto <= len(self.emitted):
+            return ""
+        piece, self.emitted = text[len(self.emitted):upto], text[:upto]
+        return piece
+
+
 def stream_text(model, tokenizer, prompt: str, params, head: str = "lm", **generate_kw):
-    """Yield decoded text pieces for one prompt, honouring stop strings and stop tokens.
+    """Yield decoded text pieces for one prompt, honouring stop strings and stop tokens (TextStream).
     ``generate_kw`` go to ``generate_tokens`` (drafter, gamma, rollback, skip, compile).
 
     Raises ValueError (clear message) for an empty prompt, unknown characters, a prompt
     longer than the context or absurd sampling settings.
     """
+    ids = encode_prompt(tokenizer, prompt, model.args.block_size)
+    params.validate()
+    ts = TextStream(tokenizer, params)
+    for tok in generate_tokens(model, [ids], params, head, **generate_kw):
+        piece = ts.push(int(tok[0]))
+        if piece:
+            yield piece
+        if ts.stopped:
+            return
+    piece = ts.flush()
+    if piece:
+        yield piece
+
+
+def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:
+    """A prompt string -> token ids; ValueError (clear message) when empty, not a string, with
+    characters the tokenizer does not know, or longer than the context."""
     if not isinstance(prompt, str) or prompt == "":
         raise ValueError("the prompt is empty; type a few characters to start from")
-    params.validate()
     ids = tokenizer.encode(prompt)
-    if len(ids) > model.args.block_size:
-        raise ValueError(f"prompt is {len(ids)} tokens but the model's context is {model.args.block_size}")
-    out: list[int] = []
-    emitted = ""
-    hold = max((len(s) for s in params.stop_strings), default=0)  # keep back text a stop string may start
-    for tok in generate_tokens(model, [ids], params, head, **generate_kw):
-        t = int(tok[0])
-        if t < 0 or t in params.stop_tokens:
-            break
-        out.append(t)
-        text = tokenizer.decode(out)
-        cut = min((i for i in (text.find(s) for s in params.stop_strings if s) if i >= 0), default=-1)
-        if cut >= 0:
-            if cut > len(emitted):
-                yield text[len(emitted):cut]
-            return
-        safe = len(text) - hold if hold else len(text)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence from byte-level BPE
-            safe = min(safe, len(text) - 1)
-        if safe > len(emitted):
-            yield text[len(emitted):safe]
-            emitted = text[:safe]
-    text = tokenizer.decode(out)
-    if len(text) > len(emitted):
-        yield text[len(emitted):]
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+    if len(ids) > block_size:
+        raise ValueError(f"prompt is {len(ids)} tokens but the model's context is {block_size}")
+    return ids

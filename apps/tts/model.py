@@ -108,6 +108,17 @@ class SpeechModel:
         words are ``prompt_text``). ``n_levels``: decode only the first codebooks (1 = the AR
         stage alone, no NAR pass; default: the checkpoint's ``meta.n_levels``, else all n_q).
         Returns a SpeechResult."""
+        sched, finish = self.prepare(text, prompt_wav, prompt_text, seed, temperature, top_k, prosody_top_k,
+                                     prompt_starts, max_frames, n_levels)
+        return finish(run_to_end(self.model, sched))
+
+    def prepare(self, text: str, prompt_wav: np.ndarray | None = None, prompt_text: str | None = None,
+                seed: int | None = 0, temperature: float = 1.0, top_k: int = 50, prosody_top_k: int = 5,
+                prompt_starts: list[int] | None = None, max_frames: int | None = None,
+                n_levels: int | None = None):
+        """``synthesize`` in two halves -> (SpeechSchedule, finish): run the schedule anywhere (alone,
+        or as one row of a batching engine, apps/api/workers.py), then ``finish(schedule.result())``
+        decodes its codes into a SpeechResult."""
         if (prompt_wav is None) != (prompt_text is None):
             raise ValueError("a voice prompt needs both the clip and its transcript (prompt_text)")
         v, dev = self.vocab, self._device()
@@ -125,12 +136,16 @@ class SpeechModel:
             cot=self.cot, dgm_k=self.dgm_k, duration_stop=self.duration_stop, n_levels=n_levels,
             max_frames=max_frames, params=SamplingParams(temperature=temperature, top_k=top_k),
             prosody=SamplingParams(temperature=temperature, top_k=prosody_top_k), generator=g, compile=self.compile)
-        codes, durs_t, pitch_t = run_to_end(self.model, sched)
         Fp = codes_p.shape[1]
-        wav = self.codec.decode(codes[None, :n_levels, Fp:].to(dev))[0, 0].float().cpu().numpy()
-        wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
-        return SpeechResult(wav, self.sample_rate, ph_t, durs_t, pitch_t, [v.pitch_hz(b) for b in pitch_t],
-                            n_frames=codes.shape[1] - Fp)
+
+        @torch.no_grad()
+        def finish(result) -> SpeechResult:
+            codes, durs_t, pitch_t = result
+            wav = self.codec.decode(codes[None, :n_levels, Fp:].to(dev))[0, 0].float().cpu().numpy()
+            wav = np.clip(wav, -1.0, 1.0).astype(np.float32)
+            return SpeechResult(wav, self.sample_rate, ph_t, durs_t, pitch_t, [v.pitch_hz(b) for b in pitch_t],
+                                n_frames=codes.shape[1] - Fp)
+        return sched, finish
 
 
 def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
@@ -146,6 +161,11 @@ def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None 
         check_text(text, limit)                           # raises the user-facing reason
     results = [model.synthesize(check_text(p, limit), prompt_wav, prompt_text, seed=seed, temperature=temperature)
                for p in pieces]
+    return join_speech(results, pause_s)
+
+
+def join_speech(results: list, pause_s: float = PAUSE_S):
+    """Sentence results -> one SpeechResult, ``pause_s`` of silence between sentences (see ``speak``)."""
     if len(results) == 1:
         return results[0]
     first = results[0]
