@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import torch
 
-from .generate import Feed, Generation, Schedule
+from .generate import DecodeState, Generation, Prompt, Schedule, prefill_prompt
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class BatchEngine:
                     self._end(t, "error", RuntimeError("the engine failed; see the server log"))
 
     # ---- the engine thread ------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()   # no autograd bookkeeping per op: the step is mostly small ops
     def step(self) -> bool:
         """One engine step (admit, batch, solo, sample). Returns False when there was nothing to do."""
         now = time.monotonic()
@@ -186,26 +186,72 @@ class BatchEngine:
                 self._sample(t)                                  # 3. advances alone, then samples
         if batch:
             self._batched_advance(batch)                         # 2. one backbone call
-            for t in batch:
-                self._sample(t)                                  # 4.
+            self._sample_batch(batch)                            # 4. one head call per head
         return True
 
     def _admit(self, now: float):
-        """Queued requests -> free rows; each is prefilled alone and samples its first output."""
-        while True:
-            with self.cv:
-                while self.queue and (self.queue[0].cancelled or
-                                      (self.queue[0].deadline is not None and now > self.queue[0].deadline)):
-                    t = self.queue.popleft()
-                    self._end(t, "cancelled" if t.cancelled else "timeout")
-                if not self.queue or None not in self.rows:
-                    return
+        """Queued requests -> free rows: their prompts are prefilled (together when they are plain
+        token prompts) and each samples its first output."""
+        new = []
+        with self.cv:
+            while self.queue and (self.queue[0].cancelled or
+                                  (self.queue[0].deadline is not None and now > self.queue[0].deadline)):
+                t = self.queue.popleft()
+                self._end(t, "cancelled" if t.cancelled else "timeout")
+            while self.queue and None in self.rows:
                 t = self.queue.popleft()
                 t.row = self.rows.index(None)
                 self.rows[t.row] = t
+                new.append(t)
+        if not new:
+            return
+        plain = []
+        for t in new:
             t.gen, t.t_start = Generation(self.model, t.schedule), time.monotonic()
             self.stats.admitted += 1
-            self._sample(t)                                      # 1. prefill + first sample
+            try:
+                p = t.schedule.prompt()
+                if self._plain(p):
+                    plain.append((t, p))
+                else:                                            # its own prefill, then into its row
+                    t.gen.start(*prefill_prompt(self.model, p))
+                    self._adopt(t)
+            except Exception as e:
+                self._end(t, "error", e)
+        if plain:
+            try:
+                self._prefill_rows(plain)
+            except Exception as e:  # noqa: BLE001 - a bad prompt among them: each ends with the error
+                for t, _ in plain:
+                    self._end(t, "error", e)
+        self._sample_batch([t for t in new if t.reason is None])          # 1. their first samples
+
+    def _plain(self, p: Prompt) -> bool:
+        """A one-row token prompt with a causal layout, whose cache fits a pool row."""
+        return (p.ids.shape[0] == 1 and p.ids.shape[1] > 0 and p.embeds is None and p.block_ids is None
+                and p.positions is None and p.mask is None and not p.static and not self.model.args.prefix_lm
+                and (p.attention_mask is None or bool(p.attention_mask.all()))
+                and max(p.max_seq, p.ids.shape[1]) <= self.max_seq)
+
+    def _prefill_rows(self, items: list):
+        """Prefill plain prompts of different lengths in one backbone call: right-padded (k, P) at
+        slots 0 .. P-1, causal, so no real token sees padding; each row's slots are then copied into
+        its pool row and its generation starts from there (what ``prefill_prompt`` gives it alone)."""
+        lens = [p.ids.shape[1] for _, p in items]
+        P, dev = max(lens), self.pool.layers[0].k_cache.device
+        ids = torch.zeros(len(items), P, dtype=torch.long, device=dev)
+        for i, (_, p) in enumerate(items):
+            ids[i, :lens[i]] = p.ids[0].to(dev)
+        pos = torch.arange(P, device=dev)
+        tmp = self.model.backbone.new_cache(len(items), P, device=dev)
+        h = self.model.backbone(input_ids=ids, positions=pos.expand(len(items), P), mask=None,
+                                input_pos=pos, cache=tmp)                                   # (k, P, D)
+        for i, (t, p) in enumerate(items):
+            n = lens[i]
+            self.pool.copy_row(t.row, tmp, src_row=i, length=n)
+            cache = t.view = self.pool.view(t.row, max(p.max_seq, n))
+            state = DecodeState(positions=torch.tensor([n], device=dev), key_valid=None, next_slot=n, cache=cache)
+            t.gen.start(h[i:i + 1, :n], state)
 
     def _batchable(self, t: Ticket) -> bool:
         """Is this generation's next input one committed token that the batched step can run?"""
@@ -219,14 +265,14 @@ class BatchEngine:
         Rows 0 .. R-1 of the pool run; rows not in the batch write the scratch slot and are ignored."""
         R = max(t.row for t in self.rows if t is not None) + 1
         dev = self.pool.layers[0].k_cache.device
-        ids = torch.zeros(R, 1, dtype=torch.long, device=dev)
-        positions = torch.zeros(R, 1, dtype=torch.long, device=dev)
-        slots = torch.full((R, 1), self.scratch, dtype=torch.long, device=dev)
+        ids, positions, slots = [0] * R, [0] * R, [self.scratch] * R
         for t in batch:
             st = t.gen.state
-            ids[t.row] = t.gen.pending.ids[0]
-            positions[t.row] = st.positions[0]
-            slots[t.row] = st.next_slot
+            ids[t.row], positions[t.row], slots[t.row] = t.gen.pending.ids, st.positions, st.next_slot
+        ids = torch.cat([x.reshape(1) if torch.is_tensor(x) else torch.tensor([x]) for x in ids])[:, None].to(dev)
+        positions = torch.cat([x.reshape(1) if torch.is_tensor(x) else torch.tensor([x]) for x in positions])
+        positions = positions[:, None].to(dev)
+        slots = torch.tensor(slots, device=dev)[:, None]                                 # (R, 1)
         S = int(slots.max()) + 1
         mask = torch.arange(S, device=dev)[None, :] <= slots                          # (R, S) own slots so far
         for t in batch:       # a row's own padding or its schedule's mask (RALL-E's window)
@@ -246,10 +292,50 @@ class BatchEngine:
         self.stats.rows_hist[len(batch)] += 1
 
     def _sample(self, t: Ticket):
-        """Let the generation take its step (advancing alone first if its feed was not batched),
-        hand the sample to the request, and end it when its schedule is finished."""
+        """Let the generation take its whole step alone (advancing alone first if its feed was not
+        batched), then hand the sample over."""
         try:
             x = t.gen.step()
+        except Exception as e:  # this request's fault: end it alone
+            self._end(t, "error", e)
+            return
+        self._deliver(t, x)
+
+    def _sample_batch(self, batch: list[Ticket]):
+        """After the batched advance: every generation names its Step; Steps of one head with one-row
+        hidden states sample in one ``head.sample_rows`` call (one projection, per-row draws)."""
+        groups: dict[str, list] = {}
+        for t in batch:
+            try:
+                st = t.gen.prepare()
+            except Exception as e:
+                self._end(t, "error", e)
+                continue
+            if st is None:
+                self._end(t, "done")
+                continue
+            groups.setdefault(st.head if st.h.dim() == 2 and st.h.shape[0] == 1 else "", []).append((t, st))
+        for name, items in groups.items():
+            head = self.model.heads[name] if name else None
+            xs = None
+            if head is not None and hasattr(head, "sample_rows") and len(items) > 1:
+                try:
+                    xs = head.sample_rows(torch.cat([st.h for _, st in items]), [st.opts for _, st in items])
+                except Exception:  # noqa: BLE001 - find the culprit row by sampling each alone
+                    xs = None
+            for k, (t, st) in enumerate(items):
+                try:
+                    x = xs[k] if xs is not None else self.model.heads[st.head].sample(st.h, **st.opts)
+                    t.gen.take(x)
+                except Exception as e:
+                    self._end(t, "error", e)
+                    continue
+                self._deliver(t, x)
+
+    def _deliver(self, t: Ticket, x):
+        """A sample was taken: move a fresh cache into the pool, hand the sample to the request,
+        end the request when its schedule is finished."""
+        try:
             if t.gen.state is not None and not t.solo and not t.gen.done:
                 self._adopt(t)
             if x is not None:
@@ -259,7 +345,7 @@ class BatchEngine:
                     t.t_first = time.monotonic()
                 if t.on_sample is not None:
                     t.on_sample(x)
-        except Exception as e:  # this request's fault (or its callback's): end it alone
+        except Exception as e:  # its callback's fault: end it alone
             self._end(t, "error", e)
             return
         if t.gen.done:

@@ -101,11 +101,11 @@ class Cache(nn.Module):
         return Cache([c.view(row, max_seq) for c in self.layers])
 
     @torch.no_grad()
-    def copy_row(self, row: int, src: "Cache"):
-        """Write a one-row cache's slots into row ``row`` (slots 0 .. src.max_seq - 1)."""
-        S = src.max_seq
+    def copy_row(self, row: int, src: "Cache", src_row: int = 0, length: int | None = None):
+        """Write slots 0 .. length - 1 (default: all of src's) of ``src``'s row ``src_row`` into row ``row``."""
+        S = src.max_seq if length is None else length
         for c, s in zip(self.layers, src.layers):
-            c.k_cache[row, :, :S] = s.k_cache[0]
-            c.v_cache[row, :, :S] = s.v_cache[0]
+            c.k_cache[row, :, :S] = s.k_cache[src_row, :, :S]
+            c.v_cache[row, :, :S] = s.v_cache[src_row, :, :S]
             if c.raw is not None:
-                c.raw[row, :S] = s.raw[0]
+                c.raw[row, :S] = s.raw[src_row, :S]

@@ -149,11 +149,22 @@ class Generation:
         """Advance by one schedule step -> the head's sample, or None once finished.
         A feed is applied lazily, at the start of the next step, so no forward pass is spent
         after the last sample."""
+        step = self.prepare()
+        if step is None:
+            return None
+        x = self.model.heads[step.head].sample(step.h, **step.opts)            # 2. it samples
+        self.take(x)
+        return x
+
+    @torch.no_grad()
+    def prepare(self) -> Step | None:
+        """The first half of ``step``: prefill or apply the pending feed, then ask the schedule
+        -> the Step whose head samples next, or None once finished. (A batching engine applies
+        the feeds of many generations in one call, then samples their Steps together.)"""
         if self.done:
             return None
         if self.state is None:                                                  # 0. prefill
-            self.h, self.state = prefill_prompt(self.model, self.schedule.prompt())
-            self.state.skip, self.state.max_new = self.schedule.skip, self.schedule.max_new
+            self.start(*prefill_prompt(self.model, self.schedule.prompt()))
         elif self.pending is not None:                                          # 4. advance
             self.h = advance(self.model, self.state, self.pending, self.schedule.step_fn)
             self.pending = None
@@ -163,12 +174,19 @@ class Generation:
             step = self.schedule.next(self.h)
         if step is None:
             self.done = True
-            return None
-        x = self.model.heads[step.head].sample(step.h, **step.opts)             # 2. it samples
+        return step
+
+    def start(self, h: Tensor, state: DecodeState):
+        """Take a prefill's result (h (1|B, P, D), its state): done by ``prepare``, or by a batching
+        engine that prefilled many generations' prompts in one call."""
+        self.h, self.state = h, state
+        state.skip, state.max_new = self.schedule.skip, self.schedule.max_new
+
+    def take(self, x):
+        """The second half of ``step``: the schedule turns the head's sample into the next feed."""
         self.pending = self.schedule.feed(x)                                    # 3. next inputs
         if self.pending is None:
             self.done = True
-        return x
 
 
 def run(model, schedule: Schedule) -> Iterator:
@@ -426,6 +444,7 @@ class TextSchedule(Schedule):
         self.params = params
         self.stop = torch.as_tensor(params.stop_tokens or [-2], device=self.device)
         self.done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
+        self.stop_set, self.any_done = set(params.stop_tokens), False
         self.step_fn = compiled_decode_step(model) if compile else None
         self.produced, self.slot = 0, 0
         self.out: Tensor | None = None
@@ -440,13 +459,17 @@ class TextSchedule(Schedule):
     def feed(self, tok: Tensor) -> Feed | None:
         if self.seen is not None:
             self.seen[torch.arange(tok.shape[0]), tok] = True
-        self.out = torch.where(self.done, torch.full_like(tok, -1), tok)        # what the caller sees
-        self.done |= torch.isin(tok, self.stop)
+        toks = tok.tolist()   # plain ints: this runs once per token per request when serving
+        self.out = torch.where(self.done, torch.full_like(tok, -1), tok) if self.any_done else tok  # what the caller sees
+        hit = [t in self.stop_set for t in toks]
+        if any(hit):
+            self.done |= torch.tensor(hit, device=self.done.device)
+            self.any_done = True
         self.produced += 1
         if self.history is not None:
-            for row, t in zip(self.history, tok.tolist()):
+            for row, t in zip(self.history, toks):
                 row.append(t)
-        if self.produced >= self.max_new or bool(self.done.all()):
+        if self.produced >= self.max_new or (self.any_done and bool(self.done.all())):
             return None
         if self.slot >= self.cache_len:  # context full: re-encode the last block_size tokens of every row
             ids, am = left_pad([row[-self.block:] for row in self.history], self.pad_id)

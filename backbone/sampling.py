@@ -87,3 +87,32 @@ def sample_from_logits(logits: Tensor, p: SamplingParams, generator: torch.Gener
         return logits.argmax(-1)
     probs = process_logits(logits, p).softmax(-1)  # float64
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def sample_rows(logits: Tensor, params: list[SamplingParams], generators: list, seen: list) -> Tensor:
+    """Draw one token per row, each row with its own settings, generator and seen-set, exactly as
+    ``sample_from_logits`` would draw it alone (continuous batching, backbone/batching.py).
+    logits (R, V); params, generators, seen: one entry per row -> (R,) long.
+
+    Rows with equal settings are processed together. The draw itself stays per row: torch's
+    ``multinomial(p, 1, generator=g)`` is ``argmax(p / q)`` with ``q = empty_like(p).exponential_(1,
+    generator=g)`` (the exponential race), so drawing each row's q from its own generator gives the
+    token the row gets alone (tests/backbone/test_sampling.py holds the two equal)."""
+    out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        key = (p.temperature, p.top_k, p.top_p, p.min_p, p.repetition_penalty, seen[i] is not None)
+        groups.setdefault(key, []).append(i)
+    for rows in groups.values():
+        p = params[rows[0]]
+        idx = torch.tensor(rows, device=logits.device)
+        lg = logits[idx]
+        if seen[rows[0]] is not None:
+            lg = apply_repetition_penalty(lg, torch.cat([seen[i] for i in rows]), p.repetition_penalty)
+        if p.temperature == 0:
+            out[idx] = lg.argmax(-1)
+            continue
+        probs = process_logits(lg, p).softmax(-1)                                    # (r, V) float64
+        q = torch.stack([torch.empty_like(probs[0]).exponential_(1, generator=generators[i]) for i in rows])
+        out[idx] = (probs / q).argmax(-1)
+    return out

@@ -71,9 +71,34 @@ class Metrics:
         self.requests.labels(path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
 
-    def token(self, model: str, seconds: float, first: bool):
-        (self.ttft if first else self.itl).labels(model).observe(seconds)
-        self.tokens.labels(model).inc()
+    def token_observer(self, model: str):
+        """-> observe(seconds, first): record one streamed token of ``model`` (label lookups done once)."""
+        ttft, itl, tokens = self.ttft.labels(model), self.itl.labels(model), self.tokens.labels(model)
+
+        def observe(seconds: float, first: bool):
+            (ttft if first else itl).observe(seconds)
+            tokens.inc()
+        return observe
+
+
+class Observe:
+    """ASGI middleware: count requests and time them until the response starts (pure ASGI, so a
+    stream's chunks pass straight through; Starlette's BaseHTTPMiddleware would re-queue each)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        path = scope.get("path", "")
+
+        async def timed_send(msg):
+            if msg["type"] == "http.response.start":
+                self.metrics.request(path, msg["status"], time.perf_counter() - t0)
+            await send(msg)
+        await self.app(scope, receive, timed_send)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -125,3 +125,22 @@ def test_seeded_generator_reproducible():
     b = sample_from_logits(x, SamplingParams(), torch.Generator().manual_seed(5))
     c = sample_from_logits(x, SamplingParams(), torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sample_rows_equals_each_row_alone():
+    """The batched draw (continuous batching) gives every row the token it gets alone: mixed
+    settings, own generators, repetition penalty, greedy rows among sampled ones."""
+    from backbone.sampling import sample_rows
+    torch.manual_seed(0)
+    V = 50
+    logits = torch.randn(12, V) * 3
+    params = [SamplingParams(temperature=[0.0, 0.7, 1.0, 1.3][i % 4], top_p=0.9 if i % 3 == 0 else None,
+                             top_k=10 if i % 5 == 1 else None, repetition_penalty=1.5 if i % 6 == 2 else 1.0)
+              for i in range(12)]
+    seen = [(torch.rand(1, V) < 0.3) if p.repetition_penalty != 1.0 else None for p in params]
+    for trial in range(20):
+        gens_a = [torch.Generator().manual_seed(100 * trial + i) for i in range(12)]
+        gens_b = [torch.Generator().manual_seed(100 * trial + i) for i in range(12)]
+        alone = [int(sample_from_logits(logits[i:i + 1], params[i], gens_a[i], seen[i])) for i in range(12)]
+        together = sample_rows(logits, params, gens_b, seen).tolist()
+        assert together == alone
