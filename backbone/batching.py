@@ -176,7 +176,7 @@ class BatchEngine:
         for t in list(self.rows):
             if t is not None and (t.cancelled or (t.deadline is not None and now > t.deadline)):
                 self._end(t, "cancelled" if t.cancelled else "timeout")
-        self._admit(now)
+        fresh, started = self._admit(now)
         running = [t for t in self.rows if t is not None]
         if not running:
             return bool(self.queue)
@@ -184,14 +184,20 @@ class BatchEngine:
         for t in running:
             if t not in batch and t.samples > 0:
                 self._sample(t)                                  # 3. advances alone, then samples
-        if batch:
-            self._batched_advance(batch)                         # 2. one backbone call
-            self._sample_batch(batch)                            # 4. one head call per head
+        if fresh or batch:
+            R = max(t.row for t in self.rows if t is not None) + 1
+            T = max([1] + [p.ids.shape[1] for _, p in fresh])
+            if fresh and batch and R * T > self.MAX_MIXED:       # too much padding: two calls
+                self._forward([], fresh)
+                self._forward(batch, [])
+            else:
+                self._forward(batch, fresh)                      # 2. one backbone call
+        self._sample_batch(started + [t for t, _ in fresh] + batch)   # 4. one head call per head
         return True
 
-    def _admit(self, now: float):
-        """Queued requests -> free rows: their prompts are prefilled (together when they are plain
-        token prompts) and each samples its first output."""
+    def _admit(self, now: float) -> tuple[list, list]:
+        """Queued requests -> free rows -> (fresh: [(ticket, Prompt)] plain prompts that the step's
+        forward prefills, started: tickets whose prompts were prefilled alone and moved into their row)."""
         new = []
         with self.cv:
             while self.queue and (self.queue[0].cancelled or
@@ -203,28 +209,21 @@ class BatchEngine:
                 t.row = self.rows.index(None)
                 self.rows[t.row] = t
                 new.append(t)
-        if not new:
-            return
-        plain = []
+        fresh, started = [], []
         for t in new:
             t.gen, t.t_start = Generation(self.model, t.schedule), time.monotonic()
             self.stats.admitted += 1
             try:
                 p = t.schedule.prompt()
                 if self._plain(p):
-                    plain.append((t, p))
+                    fresh.append((t, p))
                 else:                                            # its own prefill, then into its row
                     t.gen.start(*prefill_prompt(self.model, p))
                     self._adopt(t)
+                    started.append(t)
             except Exception as e:
                 self._end(t, "error", e)
-        if plain:
-            try:
-                self._prefill_rows(plain)
-            except Exception as e:  # noqa: BLE001 - a bad prompt among them: each ends with the error
-                for t, _ in plain:
-                    self._end(t, "error", e)
-        self._sample_batch([t for t in new if t.reason is None])          # 1. their first samples
+        return fresh, started
 
     def _plain(self, p: Prompt) -> bool:
         """A one-row token prompt with a causal layout, whose cache fits a pool row."""
@@ -233,25 +232,51 @@ class BatchEngine:
                 and (p.attention_mask is None or bool(p.attention_mask.all()))
                 and max(p.max_seq, p.ids.shape[1]) <= self.max_seq)
 
-    def _prefill_rows(self, items: list):
-        """Prefill plain prompts of different lengths in one backbone call: right-padded (k, P) at
-        slots 0 .. P-1, causal, so no real token sees padding; each row's slots are then copied into
-        its pool row and its generation starts from there (what ``prefill_prompt`` gives it alone)."""
-        lens = [p.ids.shape[1] for _, p in items]
-        P, dev = max(lens), self.pool.layers[0].k_cache.device
-        ids = torch.zeros(len(items), P, dtype=torch.long, device=dev)
-        for i, (_, p) in enumerate(items):
-            ids[i, :lens[i]] = p.ids[0].to(dev)
-        pos = torch.arange(P, device=dev)
-        tmp = self.model.backbone.new_cache(len(items), P, device=dev)
-        h = self.model.backbone(input_ids=ids, positions=pos.expand(len(items), P), mask=None,
-                                input_pos=pos, cache=tmp)                                   # (k, P, D)
-        for i, (t, p) in enumerate(items):
-            n = lens[i]
-            self.pool.copy_row(t.row, tmp, src_row=i, length=n)
+    MAX_MIXED = 2048   # positions of one mixed call (rows x longest fresh prompt) before it is split
+
+    def _forward(self, batch: list[Ticket], fresh: list):
+        """One backbone call over pool rows 0 .. R-1 (R, T): every generation in ``batch`` advances by
+        its one pending token (column 0), every fresh prompt (T tokens at most) is prefilled at slots
+        0 .. P-1 of its row, causally, straight into the pool. Padding positions and rows that take
+        no part write the scratch slot, which no real query sees (in the spirit of vLLM's mixed
+        prefill/decode batches, without paging)."""
+        dev = self.pool.layers[0].k_cache.device
+        R = max(t.row for t in self.rows if t is not None) + 1
+        T = max([1] + [p.ids.shape[1] for _, p in fresh])
+        ids = torch.zeros(R, T, dtype=torch.long)
+        positions = torch.zeros(R, T, dtype=torch.long)
+        slots = torch.full((R, T), self.scratch, dtype=torch.long)
+        for t in batch:
+            st = t.gen.state
+            ids[t.row, 0], positions[t.row, 0], slots[t.row, 0] = t.gen.pending.ids.reshape(()), st.positions, st.next_slot
+        for t, p in fresh:
+            n = p.ids.shape[1]
+            ids[t.row, :n] = p.ids[0]
+            positions[t.row, :n] = slots[t.row, :n] = torch.arange(n)
+        ids, positions, slots = ids.to(dev), positions.to(dev), slots.to(dev)
+        S = int(slots.max()) + 1
+        mask = torch.arange(S, device=dev) <= slots[:, :, None]                   # (R, T, S) own slots so far
+        for t in batch:       # a row's own padding or its schedule's mask (RALL-E's window)
+            st, f = t.gen.state, t.gen.pending
+            n = st.next_slot + 1
+            if f.mask is not None:
+                mask[t.row, 0, :n] = f.mask.reshape(-1)[:n]
+            elif st.key_valid is not None:
+                mask[t.row, 0, :n] &= st.key_valid[0, :n]
+        h = self.model.backbone(input_ids=ids, positions=positions, mask=mask[:, None],
+                                input_pos=slots, cache=self.pool)                      # (R, T, D)
+        for t in batch:
+            st = t.gen.state
+            st.positions, st.next_slot, st.step = st.positions + 1, st.next_slot + 1, st.step + 1
+            t.gen.h, t.gen.pending = h[t.row:t.row + 1, :1], None                        # (1, 1, D)
+        for t, p in fresh:
+            n = p.ids.shape[1]
             cache = t.view = self.pool.view(t.row, max(p.max_seq, n))
             state = DecodeState(positions=torch.tensor([n], device=dev), key_valid=None, next_slot=n, cache=cache)
-            t.gen.start(h[i:i + 1, :n], state)
+            t.gen.start(h[t.row:t.row + 1, :n], state)
+        if batch:
+            self.stats.steps += 1
+            self.stats.rows_hist[len(batch)] += 1
 
     def _batchable(self, t: Ticket) -> bool:
         """Is this generation's next input one committed token that the batched step can run?"""
@@ -259,37 +284,6 @@ class BatchEngine:
         return (not t.solo and t.samples > 0 and f is not None and f.ids is not None and f.ids.shape == (1, 1)
                 and f.commit and f.prompt is None and f.slots is None and f.keep is None
                 and g.schedule.step_fn is None and g.state.skip is None)
-
-    def _batched_advance(self, batch: list[Ticket]):
-        """Advance every generation in ``batch`` by its one pending token, in one backbone call.
-        Rows 0 .. R-1 of the pool run; rows not in the batch write the scratch slot and are ignored."""
-        R = max(t.row for t in self.rows if t is not None) + 1
-        dev = self.pool.layers[0].k_cache.device
-        ids, positions, slots = [0] * R, [0] * R, [self.scratch] * R
-        for t in batch:
-            st = t.gen.state
-            ids[t.row], positions[t.row], slots[t.row] = t.gen.pending.ids, st.positions, st.next_slot
-        ids = torch.cat([x.reshape(1) if torch.is_tensor(x) else torch.tensor([x]) for x in ids])[:, None].to(dev)
-        positions = torch.cat([x.reshape(1) if torch.is_tensor(x) else torch.tensor([x]) for x in positions])
-        positions = positions[:, None].to(dev)
-        slots = torch.tensor(slots, device=dev)[:, None]                                 # (R, 1)
-        S = int(slots.max()) + 1
-        mask = torch.arange(S, device=dev)[None, :] <= slots                          # (R, S) own slots so far
-        for t in batch:       # a row's own padding or its schedule's mask (RALL-E's window)
-            st, f = t.gen.state, t.gen.pending
-            n = st.next_slot + 1
-            if f.mask is not None:
-                mask[t.row, :n] = f.mask.reshape(-1)[:n]
-            elif st.key_valid is not None:
-                mask[t.row, :n] &= st.key_valid[0, :n]
-        h = self.model.backbone(input_ids=ids, positions=positions, mask=mask[:, None, None, :],
-                                input_pos=slots, cache=self.pool)                      # (R, 1, D)
-        for t in batch:
-            st = t.gen.state
-            st.positions, st.next_slot, st.step = st.positions + 1, st.next_slot + 1, st.step + 1
-            t.gen.h, t.gen.pending = h[t.row:t.row + 1], None                             # (1, 1, D)
-        self.stats.steps += 1
-        self.stats.rows_hist[len(batch)] += 1
 
     def _sample(self, t: Ticket):
         """Let the generation take its whole step alone (advancing alone first if its feed was not

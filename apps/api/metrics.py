@@ -80,6 +80,9 @@ class Metrics:
             tokens.inc()
         return observe
 
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
 
 class Observe:
     """ASGI middleware: count requests and time them until the response starts (pure ASGI, so a
@@ -99,6 +102,3 @@ class Observe:
                 self.metrics.request(path, msg["status"], time.perf_counter() - t0)
             await send(msg)
         await self.app(scope, receive, timed_send)
-
-    def render(self) -> bytes:
-        return generate_latest(self.registry)

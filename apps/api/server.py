@@ -119,13 +119,14 @@ def build_app(workers: dict, limits: Limits | None = None) -> FastAPI:
                                         stop_tokens=[w.eos] if w.eos is not None else [],
                                         seed=None if req.seed is None else req.seed + c)
                 sink = _Tagged(None, shared, k, outbox)
-                tickets.append(w.engine.submit(w.schedule(p, params), sink.on_sample, limits.request_timeout,
-                                               sink.on_end))
+                tickets.append(w.submit(p, params, limits.request_timeout, sink.on_sample, sink.on_end))
                 streams.append(TextStream(w.tok, params))
         except QueueFull as e:
             for t in tickets:
                 t.cancel()
             raise _busy(e) from None
+        except RuntimeError as e:                      # the engine process is gone
+            raise APIError(503, f"the model is unavailable ({e})") from None
         run = _Completion(req, w, rows, tickets, streams, shared, m)
         if req.stream:
             return StreamingResponse(run.sse(), media_type="text/event-stream",
@@ -200,8 +201,8 @@ class _Tagged:
     def __init__(self, loop, q: asyncio.Queue, row: int, outbox: "_Outbox"):
         self.q, self.row, self.outbox = q, row, outbox
 
-    def on_sample(self, x):
-        self.outbox.put(self.q, (self.row, int(x.reshape(-1)[0])))
+    def on_sample(self, tok: int):
+        self.outbox.put(self.q, (self.row, tok))
 
     def on_end(self, ticket):
         self.outbox.put(self.q, (self.row, None))

@@ -46,31 +46,46 @@ def checkpoint_kind(folder: str | Path) -> str:
 
 
 class TokenWorker:
-    """A text or CIF checkpoint behind a continuous-batching engine."""
+    """A text or CIF checkpoint behind a continuous-batching engine: in a child process
+    (``process=True``, what ``omniar serve`` runs: decoding does not share the API's GIL,
+    apps/api/engine_proc.py) or on a thread of this process."""
 
     def __init__(self, name: str, folder: str, kind: str, device: str = "cpu", max_rows: int = 32,
-                 max_queue: int = 64):
-        self.name, self.kind, self.folder = name, kind, folder
-        self.model = OmniModel.from_pretrained(folder, device=device).eval()
+                 max_queue: int = 64, process: bool = True):
+        self.name, self.kind, self.folder, self.process = name, kind, folder, process
         self.tok = load_tokenizer(folder)
-        self.block_size = self.model.args.block_size
         self.eos = getattr(self.tok, "eos_id", None)
-        self.engine = BatchEngine(self.model, max_rows=max_rows, max_queue=max_queue, name=f"engine-{name}").start()
+        if process:
+            from apps.api.engine_proc import EngineProcess
+            self.engine = EngineProcess(folder, device, max_rows, max_queue, name=f"engine-{name}")
+            self.block_size = self.engine.block_size
+        else:
+            self.model = OmniModel.from_pretrained(folder, device=device).eval()
+            self.block_size = self.model.args.block_size
+            self.engine = BatchEngine(self.model, max_rows=max_rows, max_queue=max_queue,
+                                      name=f"engine-{name}").start()
 
     def encode(self, prompt: str) -> list[int]:
         """ValueError with the reason for text the tokenizer cannot take or a prompt over the context."""
         from apps.text.model import encode_prompt
         return encode_prompt(self.tok, prompt, self.block_size)
 
-    def schedule(self, ids: list[int], params: SamplingParams) -> TextSchedule:
-        """One request row: what ``engine.submit`` takes."""
-        return TextSchedule(self.model, [ids], params.validate())
+    def submit(self, ids: list[int], params: SamplingParams, timeout: float, on_sample, on_end):
+        """Start one row -> a handle with ``cancel()``, ``reason``, ``error``; ``on_sample(int)`` for
+        each token and ``on_end(handle)`` run on an engine-side thread. Raises QueueFull."""
+        params.validate()
+        if self.process:
+            return self.engine.submit(ids, params, timeout, on_sample, on_end)
+        return self.engine.submit(TextSchedule(self.model, [ids], params), lambda x: on_sample(int(x.reshape(-1)[0])),
+                                  timeout, on_end)
 
     @property
     def waiting(self) -> int:
         return self.engine.waiting
 
     def free_queue(self) -> int:
+        if self.process:
+            return self.engine.free()
         return self.engine.max_queue - self.engine.waiting
 
     def close(self):

@@ -153,7 +153,7 @@ def build_demo(generator, title: str = "OmniAR crystals") -> gr.Blocks:
             best = gr.Code(label="Top candidate (CIF)", language=None)
         ev_inputs = [comp, sg, n, temperature, top_k, seed]
         go.click(make_generate_fn(generator), ev_inputs, [results, gallery, files, best], api_name="crystal",
-                 preprocess=False, concurrency_limit=1, concurrency_id="omniar-crystal-model")
+                 preprocess=False, concurrency_limit=4, concurrency_id="omniar-crystal-model")
         with gr.Accordion("Check a CIF file", open=False):
             upload = gr.File(label="CIF file", file_types=[".cif", ".txt"], type="filepath")
             check_btn = gr.Button("Check CIF")

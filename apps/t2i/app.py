@@ -111,7 +111,7 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
             gallery = gr.Gallery(label="Images", columns=4, height=420, elem_id="t2i-gallery")
             go.click(make_generate_fn(list(table.values())), [prompt, n, steps, cfg, temperature, seed, order, head,
                                                               passes], [gallery],
-                     api_name="t2i", concurrency_limit=1, concurrency_id="omniar-image-model")
+                     api_name="t2i", concurrency_limit=4, concurrency_id="omniar-image-model")
         with gr.Tab("Caption"):
             with gr.Row():
                 upload = gr.File(label="Image (PNG or JPEG)", file_types=["image"], type="filepath",
@@ -120,7 +120,7 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
             cap_btn = gr.Button("Caption", variant="primary")
             text = gr.Textbox(label="Caption", elem_id="caption-text", interactive=False)
             cap_btn.click(make_caption_fn(model), [upload], [text, seen], api_name="caption",
-                          concurrency_limit=1, concurrency_id="omniar-image-model")
+                          concurrency_limit=4, concurrency_id="omniar-image-model")
     return demo
 
 

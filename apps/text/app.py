@@ -21,7 +21,8 @@ import sys
 import gradio as gr
 
 from apps.serving import check_checkpoint, serve
-from apps.text.model import stream_text
+from apps.text.model import stream_text, stream_text_batched
+from backbone.batching import BatchEngine, QueueFull
 from backbone.container import OmniModel
 from backbone.sampling import SamplingParams
 from modalities.text import load_tokenizer
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "assets/text-shakespeare"
 TRAIN_COMMAND = "omniar train text --config configs/text_shakespeare.yaml"
 API_NAME = "generate"
+ENGINE_ROWS = 16        # users decoding together in the app (the launcher's Text tab)
+ENGINE_TIMEOUT = 300.0  # seconds per generation
 
 
 # ---- input checking (pure functions; ValueError with a message meant for people) ---------------
@@ -86,14 +89,18 @@ def make_params(temperature, top_k, top_p, min_p, repetition_penalty, max_new_to
 
 
 # ---- the app ----------------------------------------------------------------------------------
-def make_generate_fn(model, tokenizer):
-    """The event handler: a generator yielding the accumulated continuation (prompt not included)."""
+def make_generate_fn(model, tokenizer, engine=None):
+    """The event handler: a generator yielding the accumulated continuation (prompt not included).
+    With ``engine`` (a BatchEngine on ``model``) concurrent users share batched decoding steps."""
 
     def generate(prompt, temperature, top_k, top_p, min_p, repetition_penalty, max_new_tokens, seed, stop):
         try:
             params = make_params(temperature, top_k, top_p, min_p, repetition_penalty,
                                  max_new_tokens, seed, stop)
-            pieces = stream_text(model, tokenizer, prompt, params)
+            if engine is None:
+                pieces = stream_text(model, tokenizer, prompt, params)
+            else:
+                pieces = stream_text_batched(engine, tokenizer, prompt, params, timeout=ENGINE_TIMEOUT)
             text = ""
             for piece in pieces:  # validation errors surface on the first step, before any yield
                 text += piece
@@ -102,6 +109,9 @@ def make_generate_fn(model, tokenizer):
                 yield ""
         except gr.Error:  # a ValueError subclass: pass through untouched
             raise
+        except QueueFull:
+            raise gr.Error("the model is busy with other users; try again in a moment",
+                           print_exception=False) from None
         except ValueError as e:
             raise gr.Error(str(e), title="Cannot generate", print_exception=False) from None
         except Exception as e:  # keep internals out of the page; the server log has the traceback
@@ -111,10 +121,11 @@ def make_generate_fn(model, tokenizer):
     return generate
 
 
-def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
-    """The text app as a Blocks (not launched, no queue set: the caller decides)."""
+def build_demo(model, tokenizer, title: str = "OmniAR text", engine=None) -> gr.Blocks:
+    """The text app as a Blocks (not launched, no queue set: the caller decides). With ``engine``
+    (a started BatchEngine on ``model``) up to ``engine.max_rows`` users generate at once, batched."""
     block = model.args.block_size
-    fn = make_generate_fn(model, tokenizer)
+    fn = make_generate_fn(model, tokenizer, engine)
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"### Text generation\nA {model.num_params() / 1e6:.2f}M-parameter model, "
                     f"context {block} tokens, vocabulary {tokenizer.vocab_size}. "
@@ -143,9 +154,10 @@ def build_demo(model, tokenizer, title: str = "OmniAR text") -> gr.Blocks:
         inputs = [prompt, temperature, top_k, top_p, min_p, rep, max_new, seed, stop]
         # preprocess=False: the handler gets the raw values and checks them itself, so an
         # out-of-range slider value from an API caller gets the same named message as any other
-        # bad setting. concurrency_limit=1: generations would be correct side by side (each has its
-        # own KV cache) but would share the same cores; one at a time streams fastest.
-        ev = go.click(fn, inputs, output, api_name=API_NAME, preprocess=False, concurrency_limit=1,
+        # bad setting. With an engine, as many users as it has rows decode together, each step one
+        # batched forward (backbone/batching.py); without one, one at a time streams fastest.
+        ev = go.click(fn, inputs, output, api_name=API_NAME, preprocess=False,
+                      concurrency_limit=engine.max_rows if engine is not None else 1,
                       concurrency_id="omniar-text-model")
         stop_btn.click(None, None, None, cancels=[ev], api_visibility="private")
     return demo
@@ -157,7 +169,8 @@ def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     model = OmniModel.from_pretrained(folder, device=device)
     if "lm" not in model.heads:
         raise ValueError(f"{folder} has no 'lm' head (heads: {sorted(model.heads)}); it is not a text model")
-    return build_demo(model, load_tokenizer(folder))
+    engine = BatchEngine(model, max_rows=ENGINE_ROWS, max_queue=ENGINE_ROWS, name="text-app-engine").start()
+    return build_demo(model, load_tokenizer(folder), engine=engine)
 
 
 def main(argv=None) -> int:

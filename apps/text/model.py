@@ -7,6 +7,7 @@ decodes what it yields, honouring stop strings. ``make_drafter`` builds the draf
 """
 from __future__ import annotations
 
+import queue
 from typing import Iterator
 
 from torch import Tensor
@@ -14,7 +15,7 @@ from torch import Tensor
 from backbone.container import OmniModel
 from backbone.contrastive import generate_contrastive
 from backbone.drafters import HeadDrafter, ModelDrafter, NgramTableDrafter, PromptLookupDrafter
-from backbone.generate import generate
+from backbone.generate import TextSchedule, generate
 from backbone.sampling import SamplingParams
 from backbone.skip import LayerSkip
 from backbone.speculative import generate_drafted
@@ -127,6 +128,33 @@ def stream_text(model, tokenizer, prompt: str, params, head: str = "lm", **gener
     piece = ts.flush()
     if piece:
         yield piece
+
+
+def stream_text_batched(engine, tokenizer, prompt: str, params, timeout: float | None = None):
+    """``stream_text`` as one row of a continuous-batching engine (backbone/batching.py), so
+    concurrent callers (the app's users) share decoding steps. Same pieces as ``stream_text``
+    for the same settings and seed. Raises QueueFull when the engine's queue is full; closing the
+    generator (a user who left) frees the row at the next step."""
+    ids = encode_prompt(tokenizer, prompt, engine.model.args.block_size)
+    params.validate()
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    ticket = engine.submit(TextSchedule(engine.model, [ids], params), on_sample=lambda x: q.put(int(x[0])),
+                           timeout=timeout, on_end=lambda t: q.put(None))
+    ts = TextStream(tokenizer, params)
+    try:
+        while (tok := q.get()) is not None:
+            piece = ts.push(tok)
+            if piece:
+                yield piece
+            if ts.stopped:
+                return
+        if ticket.reason == "error":
+            raise ticket.error
+        piece = ts.flush()
+        if piece:
+            yield piece
+    finally:
+        ticket.cancel()
 
 
 def encode_prompt(tokenizer, prompt: str, block_size: int) -> list[int]:

@@ -111,7 +111,7 @@ def build_demo(model, title: str = "OmniAR speech") -> gr.Blocks:
         note = gr.Markdown(elem_id="tts-note")
         plot = gr.Plot(label="Duration and pitch per phoneme", elem_id="tts-plot")
         go.click(make_synthesize_fn(model), [text, ref, transcript, seed, temperature], [audio, plot, note],
-                 api_name="tts", concurrency_limit=1, concurrency_id="omniar-speech-model")
+                 api_name="tts", concurrency_limit=4, concurrency_id="omniar-speech-model")
     return demo
 
 

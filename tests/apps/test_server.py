@@ -277,3 +277,31 @@ def test_bad_flags_are_one_line_errors():
     r = subprocess.run([sys.executable, "-m", "apps.cli", "serve", "--max-rows", "0"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--max-rows" in r.stderr
+
+
+def test_engine_process_matches_solo_and_survives_losing_its_child():
+    """The token engine in a child process: same tokens as alone; when the child dies, open requests
+    end with an error and new ones are refused (the server answers 503), never a hang."""
+    import queue as q_
+    from apps.api.engine_proc import EngineProcess
+    from backbone.container import OmniModel
+    from backbone.generate import TextSchedule, run
+    from backbone.sampling import SamplingParams
+    folder = str(ROOT / "assets/text-shakespeare")
+    model = OmniModel.from_pretrained(folder)
+    reqs = [([1 + i, 20 + i, 30], SamplingParams(temperature=0.9, max_new_tokens=25, seed=i)) for i in range(5)]
+    solo = [[int(x[0]) for x in run(model, TextSchedule(model, [p], s))] for p, s in reqs]
+    eng = EngineProcess(folder, max_rows=4, max_queue=4, name="test-engine")
+    try:
+        outs, ends = [[] for _ in reqs], q_.Queue()
+        hs = [eng.submit(p, s, 60, outs[i].append, ends.put) for i, (p, s) in enumerate(reqs)]
+        for _ in hs:
+            ends.get(timeout=60)
+        assert outs == solo and all(h.reason == "done" for h in hs)
+        h = eng.submit([1, 2], SamplingParams(max_new_tokens=1000), 60, lambda t: None, ends.put)
+        eng.proc.kill()
+        assert ends.get(timeout=30) is h and h.reason == "error"
+        with pytest.raises(RuntimeError):
+            eng.submit([1], SamplingParams(max_new_tokens=5), 60, lambda t: None, ends.put)
+    finally:
+        eng.stop()

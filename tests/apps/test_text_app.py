@@ -61,6 +61,18 @@ def test_generate_fn_streams_the_same_text_as_stream_text(model_tok):
     assert seeded[0] == seeded[1] and seeded[0]
 
 
+def test_generate_fn_on_an_engine_matches_solo(model_tok):
+    from apps.text.app import make_generate_fn
+    from backbone.batching import BatchEngine
+    model, tok = model_tok
+    engine = BatchEngine(model, max_rows=4).start()
+    try:
+        batched = list(make_generate_fn(model, tok, engine)(*GOOD.values()))[-1]
+        assert batched == list(make_generate_fn(model, tok)(*GOOD.values()))[-1] and batched
+    finally:
+        engine.stop()
+
+
 def test_generate_fn_stop_strings(model_tok):
     from apps.text.app import make_generate_fn, parse_stop_strings
     assert parse_stop_strings("ROMEO:, JULIET:\n\nNurse") == ["ROMEO:", "JULIET:", "Nurse"]
@@ -157,6 +169,17 @@ def test_client_generates(client):
     out = client.predict(**GOOD, api_name="/generate")
     assert isinstance(out, str) and out.strip()
     assert client.predict(**GOOD, api_name="/generate") == out  # same seed, same text
+
+
+def test_concurrent_users_are_batched_and_each_gets_its_solo_text(client, model_tok):
+    """The Text tab decodes concurrent users on one continuous-batching engine: 8 users at once,
+    each gets exactly what stream_text gives alone for its seed."""
+    jobs = [client.submit(**{**GOOD, "seed": s, "max_new_tokens": 30}, api_name="/generate") for s in range(8)]
+    got = [j.result(timeout=120) for j in jobs]
+    model, tok = model_tok
+    solo = ["".join(stream_text(model, tok, "ROMEO:", SamplingParams(temperature=0.8, max_new_tokens=30, seed=s)))
+            for s in range(8)]
+    assert got == solo
 
 
 @pytest.mark.parametrize("bad, message", [
