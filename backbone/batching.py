@@ -187,11 +187,10 @@ class BatchEngine:
         if fresh or batch:
             R = max(t.row for t in self.rows if t is not None) + 1
             T = max([1] + [p.ids.shape[1] for _, p in fresh])
-            if fresh and batch and R * T > self.MAX_MIXED:       # too much padding: two calls
-                self._forward([], fresh)
-                self._forward(batch, [])
-            else:
-                self._forward(batch, fresh)                      # 2. one backbone call
+            split = bool(fresh and batch) and R * T > len(fresh) * T + R + self.MIX_SLACK
+            if split:
+                self._prefill_rows(fresh)                        # padding would cost more than a call
+            self._forward(batch, [] if split else fresh)         # 2. one backbone call
         self._sample_batch(started + [t for t, _ in fresh] + batch)   # 4. one head call per head
         return True
 
@@ -232,7 +231,29 @@ class BatchEngine:
                 and (p.attention_mask is None or bool(p.attention_mask.all()))
                 and max(p.max_seq, p.ids.shape[1]) <= self.max_seq)
 
-    MAX_MIXED = 2048   # positions of one mixed call (rows x longest fresh prompt) before it is split
+    # A step's new prompts ride in its decoding call (rows x longest prompt positions) unless that pads
+    # more than this many positions beyond a separate prefill's (prompts x longest) + the decode rows
+    MIX_SLACK = 256
+
+    def _prefill_rows(self, items: list):
+        """Prefill plain prompts of different lengths in their own call, right-padded (k, P) into a
+        temporary cache, then copied into their pool rows (used when mixing them into the decoding
+        call would pad every running row to the longest prompt)."""
+        lens = [p.ids.shape[1] for _, p in items]
+        P, dev = max(lens), self.pool.layers[0].k_cache.device
+        ids = torch.zeros(len(items), P, dtype=torch.long, device=dev)
+        for i, (_, p) in enumerate(items):
+            ids[i, :lens[i]] = p.ids[0].to(dev)
+        pos = torch.arange(P, device=dev)
+        tmp = self.model.backbone.new_cache(len(items), P, device=dev)
+        h = self.model.backbone(input_ids=ids, positions=pos.expand(len(items), P), mask=None,
+                                input_pos=pos, cache=tmp)                                   # (k, P, D)
+        for i, (t, p) in enumerate(items):
+            n = lens[i]
+            self.pool.copy_row(t.row, tmp, src_row=i, length=n)
+            cache = t.view = self.pool.view(t.row, max(p.max_seq, n))
+            state = DecodeState(positions=torch.tensor([n], device=dev), key_valid=None, next_slot=n, cache=cache)
+            t.gen.start(h[i:i + 1, :n], state)
 
     def _forward(self, batch: list[Ticket], fresh: list):
         """One backbone call over pool rows 0 .. R-1 (R, T): every generation in ``batch`` advances by

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from backbone.drafters import Draft
-from backbone.sampling import SamplingParams, sample_from_logits
+from backbone.sampling import SamplingParams, sample_from_logits, sample_rows
 from backbone.speculative import accept
 
 
@@ -89,3 +89,21 @@ class LMHead(nn.Module):
         if allowed is not None:
             logits = logits.float().masked_fill(~allowed, float("-inf"))
         return sample_from_logits(logits, params or SamplingParams(), generator, seen)
+
+    @torch.no_grad()
+    def sample_rows(self, h: Tensor, opts: list[dict]) -> list:
+        """Many one-row ``sample`` calls at once (continuous batching): h (R, D), one opts dict per row
+        -> R samples of shape (1,), each what ``sample(h[i:i+1], **opts[i])`` gives. One projection;
+        the draws stay per row (``sample_rows`` of backbone/sampling.py)."""
+        if any(o.get("draft") is not None or o.get("candidates") for o in opts):
+            return [self.sample(h[i:i + 1], **o) for i, o in enumerate(opts)]
+        logits = self(h)
+        allowed = [o.get("allowed") for o in opts]
+        if any(a is not None for a in allowed):
+            logits = logits.float()
+            for i, a in enumerate(allowed):
+                if a is not None:
+                    logits[i] = logits[i].masked_fill(~a.reshape(-1), float("-inf"))
+        toks = sample_rows(logits, [o.get("params") or SamplingParams() for o in opts],
+                           [o.get("generator") for o in opts], [o.get("seen") for o in opts])
+        return list(toks[:, None].unbind(0))

@@ -19,7 +19,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from backbone.batching import QueueFull
+import torch
+
+from backbone.batching import BatchEngine, QueueFull
+from backbone.container import OmniModel
+from backbone.generate import TextSchedule
 
 log = logging.getLogger(__name__)
 
@@ -145,12 +149,7 @@ class EngineProcess:
 def _child(conn, folder: str, device: str, max_rows: int, threads: int):
     """The engine process: load, say ready, then alternate reading requests and engine steps."""
     try:
-        import torch
         torch.set_num_threads(threads)
-
-        from backbone.batching import BatchEngine
-        from backbone.container import OmniModel
-        from backbone.generate import TextSchedule
         model = OmniModel.from_pretrained(folder, device=device).eval()
         engine = BatchEngine(model, max_rows=max_rows, max_queue=1_000_000)
     except Exception as e:  # noqa: BLE001 - reported to the parent as a one-line error

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from apps.api.server import Limits, build_app
+from apps.api.workers import ForecastWorker, ImageWorker, SpeechWorker, TokenWorker, checkpoint_kind
 
 DEFAULT_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif",
                   "assets/t2i-shapes", "assets/speech-tts", "assets/forecast-zeroshot")
@@ -26,8 +27,6 @@ DEFAULT_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets
 
 def load_workers(folders, device: str = "cpu", limits: Limits | None = None, skip_missing: bool = False) -> dict:
     """{name: worker} for checkpoint folders. FileNotFoundError / ValueError name a bad folder."""
-    from apps.api.workers import (ForecastWorker, ImageWorker, SpeechWorker, TokenWorker,
-                                  checkpoint_kind)
     limits = limits or Limits()
     workers = {}
     for folder in folders:

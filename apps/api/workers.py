@@ -13,12 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+from PIL import Image
+
+from apps.api.engine_proc import EngineProcess
+from apps.forecast.model import Forecaster, check_request
+from apps.t2i.data import encode_prompts
+from apps.t2i.model import ImageModel
+from apps.text.model import encode_prompt
+from apps.tts.checks import check_text, split_sentences
+from apps.tts.model import SpeechModel, join_speech
 from backbone.batching import BatchEngine, QueueFull
 from backbone.container import OmniModel
 from backbone.generate import TextSchedule
@@ -32,7 +43,6 @@ KINDS = {"text": "text", "crystal": "cif", "t2i": "image", "tts": "speech", "for
 def checkpoint_kind(folder: str | Path) -> str:
     """text | cif | image | speech | forecast, from the checkpoint's ``meta.task``; ValueError when
     the folder is not a checkpoint this server can serve."""
-    import json
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise ValueError(f"{folder} is not a checkpoint folder (no config.json)")
@@ -56,7 +66,6 @@ class TokenWorker:
         self.tok = load_tokenizer(folder)
         self.eos = getattr(self.tok, "eos_id", None)
         if process:
-            from apps.api.engine_proc import EngineProcess
             self.engine = EngineProcess(folder, device, max_rows, max_queue, name=f"engine-{name}")
             self.block_size = self.engine.block_size
         else:
@@ -67,7 +76,6 @@ class TokenWorker:
 
     def encode(self, prompt: str) -> list[int]:
         """ValueError with the reason for text the tokenizer cannot take or a prompt over the context."""
-        from apps.text.model import encode_prompt
         return encode_prompt(self.tok, prompt, self.block_size)
 
     def submit(self, ids: list[int], params: SamplingParams, timeout: float, on_sample, on_end):
@@ -96,7 +104,6 @@ class SpeechWorker:
     """A TTS checkpoint: each sentence is a SpeechSchedule row of a continuous-batching engine."""
 
     def __init__(self, name: str, folder: str, device: str = "cpu", max_rows: int = 8, max_queue: int = 32):
-        from apps.tts.model import SpeechModel
         self.name, self.kind, self.folder = name, "speech", folder
         self.sm = SpeechModel.from_pretrained(folder, device=device)
         self.engine = BatchEngine(self.sm.model, max_rows=max_rows, max_queue=max_queue,
@@ -105,8 +112,6 @@ class SpeechWorker:
     def speak(self, text: str, seed: int, temperature: float, timeout: float):
         """Blocking (run it in a thread): text -> SpeechResult. ValueError for unspeakable text,
         QueueFull when busy, TimeoutError past ``timeout``."""
-        from apps.tts.checks import check_text, split_sentences
-        from apps.tts.model import join_speech
         pieces = split_sentences(text, self.sm.MAX_CHARS)
         if not pieces:
             check_text(text, self.sm.MAX_CHARS)
@@ -241,7 +246,6 @@ class ImageWorker:
 
     def __init__(self, name: str, folder: str, device: str = "cpu", window_s: float = 0.02,
                  max_items: int = 16, max_queue: int = 32):
-        from apps.t2i.model import ImageModel
         self.name, self.kind, self.folder = name, "image", folder
         self.im = ImageModel.from_pretrained(folder, device=device)
         side = getattr(self.im.tok, "size", None)                # square images
@@ -254,14 +258,11 @@ class ImageWorker:
 
     def check(self, prompt: str, size: str | None):
         """ValueError for words the model does not know or a size it cannot make."""
-        from apps.t2i.data import encode_prompts
         if size is not None and self.size is not None and size != self.size:
             raise ValueError(f"size {size!r}: this model makes {self.size} images only")
         encode_prompts(self.im.vocab, [prompt], 1, 1.0, 1.0)
 
     def _run(self, key, prompts: list[str]) -> list[bytes]:
-        import torch
-        from PIL import Image
         steps, cfg, temperature, seeded = key
         seed = seeded[0] if seeded else int(torch.randint(0, 2**31 - 1, ()))
         imgs = self.im.text_to_image(prompts, steps=steps, cfg=cfg, temperature=temperature, seed=seed)
@@ -284,7 +285,6 @@ class ForecastWorker:
 
     def __init__(self, name: str, folder: str, device: str = "cpu", window_s: float = 0.02,
                  max_items: int = 512, max_queue: int = 32):
-        from apps.forecast.model import Forecaster
         self.name, self.kind, self.folder = name, "forecast", folder
         self.fc = Forecaster.from_pretrained(folder, device=device)
         self.batcher = MicroBatcher(self._run, window_s, max_items, max_queue, name=f"batch-{name}")
@@ -294,7 +294,6 @@ class ForecastWorker:
         return self.batcher.waiting
 
     def check(self, series: list, horizon: int, quantiles: list[float]):
-        from apps.forecast.model import check_request
         check_request(series, horizon)
         known = list(self.fc.model.heads["forecast"].quantiles)
         for q in quantiles:
