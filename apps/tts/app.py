@@ -24,10 +24,12 @@ from matplotlib.figure import Figure
 from apps.serving import check_checkpoint, serve, user_errors
 from apps.tts.checks import (FRAME_RATE, MAX_CHARS, MAX_REF_S, MIN_REF_S, check_settings, check_text,
                              check_voice_prompt)
-from apps.tts.model import SpeechModel, speak
+from apps.tts.model import BatchedSpeech, SpeechModel, speak
+from backbone.batching import BatchEngine
 
 DEFAULT_MODEL = "assets/speech-tts"
 TRAIN_COMMAND = "omniar train tts --config configs/tts_ralle.yaml"
+ENGINE_ROWS = 8   # users whose speech decodes together
 CHECKPOINT_FILES = ("config.json", "model.safetensors")   # what a SpeechModel folder must hold
 NO_PROSODY = ("This model (VALL-E) predicts codec tokens directly: it has no per-phoneme duration or "
               "pitch to plot. A RALL-E checkpoint shows them here.")
@@ -111,14 +113,19 @@ def build_demo(model, title: str = "OmniAR speech") -> gr.Blocks:
         note = gr.Markdown(elem_id="tts-note")
         plot = gr.Plot(label="Duration and pitch per phoneme", elem_id="tts-plot")
         go.click(make_synthesize_fn(model), [text, ref, transcript, seed, temperature], [audio, plot, note],
-                 api_name="tts", concurrency_limit=4, concurrency_id="omniar-speech-model")
+                 api_name="tts", concurrency_limit=ENGINE_ROWS, concurrency_id="omniar-speech-model")
     return demo
 
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> speech app Blocks (FileNotFoundError naming the training command)."""
     folder = check_checkpoint(folder, "text-to-speech", TRAIN_COMMAND, files=CHECKPOINT_FILES)
-    return build_demo(SpeechModel.from_pretrained(str(folder), device=device))
+    sm = SpeechModel.from_pretrained(str(folder), device=device)
+    if not hasattr(sm, "prepare"):       # anything else with a ``synthesize`` is served as it is
+        return build_demo(sm)
+    # concurrent users decode as rows of one engine (each gets what it gets alone)
+    engine = BatchEngine(sm.model, max_rows=ENGINE_ROWS, max_queue=ENGINE_ROWS, name="speech-app-engine").start()
+    return build_demo(BatchedSpeech(sm, engine))
 
 
 def main(argv=None) -> int:

@@ -148,6 +148,27 @@ class SpeechModel:
         return sched, finish
 
 
+class BatchedSpeech:
+    """A SpeechModel whose syntheses run as rows of a continuous-batching engine
+    (backbone/batching.py), so concurrent callers (the app's users, the API's requests) share
+    decoding steps; each result equals ``synthesize`` alone. Everything else is the model's."""
+
+    def __init__(self, sm: SpeechModel, engine, timeout: float = 300.0):
+        self.sm, self.engine, self.timeout = sm, engine, timeout
+
+    def __getattr__(self, name):
+        return getattr(self.sm, name)
+
+    def synthesize(self, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
+                   temperature: float = 1.0, **kw) -> SpeechResult:
+        sched, finish = self.sm.prepare(text, prompt_wav, prompt_text, seed, temperature, **kw)
+        ticket = self.engine.submit(sched, timeout=self.timeout)
+        try:
+            return finish(ticket.result(self.timeout + 5))
+        finally:
+            ticket.cancel()
+
+
 def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
           temperature: float = 1.0, pause_s: float = PAUSE_S):
     """Speak ``text`` sentence by sentence (split_sentences at model.MAX_CHARS) with one seed and

@@ -176,3 +176,30 @@ def test_fewer_codebook_levels(vocab, codec):
     assert calls == [1, 2] and ar_only.n_frames == full.n_frames and len(ar_only.wav) == len(full.wav)
     with pytest.raises(ValueError, match="n_levels"):
         tts.synthesize("Hello.", n_levels=4)
+
+
+def test_batched_speech_equals_solo_for_concurrent_callers():
+    """The Speech tab's engine: two users at once (their codec-token steps batched) each get the
+    waveform that synthesize gives alone."""
+    import threading
+
+    import numpy as np
+
+    from apps.tts.model import BatchedSpeech, SpeechModel
+    from backbone.batching import BatchEngine
+    sm = SpeechModel.from_pretrained("assets/speech-tts")
+    texts = ["Hello there.", "Good morning to you."]
+    solo = [sm.synthesize(t, seed=i).wav for i, t in enumerate(texts)]
+    engine = BatchEngine(sm.model, max_rows=4).start()
+    try:
+        bs, out = BatchedSpeech(sm, engine), [None, None]
+        threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, bs.synthesize(texts[i], seed=i).wav))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(np.array_equal(a, b) for a, b in zip(out, solo))
+        assert max(engine.stats.rows_hist) == 2                       # they shared steps
+    finally:
+        engine.stop()
