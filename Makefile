@@ -40,6 +40,7 @@ demo: venv demo-sysdeps
 bench: venv
 	$(PY) benchmarks/text_decode.py
 	$(PY) benchmarks/text_quality.py
+	$(PY) benchmarks/serve_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
