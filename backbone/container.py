@@ -161,13 +161,96 @@ class OmniModel(nn.Module):
             if not (folder / f).is_file():
                 raise FileNotFoundError(f"{folder / f} not found: not an OmniAR checkpoint folder "
                                         "(expected config.json + model.safetensors; nothing is downloaded)")
-        model = cls(json.loads((folder / "config.json").read_text()))
+        config = read_config(folder / "config.json")
+        header = read_safetensors_header(folder / "model.safetensors")
+        try:                   # the shapes the config implies, with no memory allocated (a huge dim is cheap)
+            with torch.device("meta"):
+                skeleton = cls(config)
+        except (TypeError, KeyError, ValueError, AttributeError, ImportError) as e:
+            raise ValueError(f"{folder / 'config.json'} does not describe a model this code can build: "
+                             f"{type(e).__name__}: {e}") from None
+        check_weights_match(skeleton, header, folder / "model.safetensors")
+        model = cls(config)
         load_model(model, str(folder / "model.safetensors"), strict=True)
+        bad = [n for n, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise ValueError(f"{folder / 'model.safetensors'} holds NaN or infinite weights in {len(bad)} "
+                             f"tensor(s), e.g. {bad[0]}: the checkpoint is broken; re-train or re-export it")
         model.eval()
         return model.to(device=device, dtype=dtype) if (device or dtype) else model
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def read_config(path: Path) -> dict:
+    """config.json -> dict; ValueError naming the file for bad JSON or a wrong top-level shape."""
+    try:
+        config = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(config, dict) or not isinstance(config.get("backbone"), dict):
+        raise ValueError(f"{path} needs a JSON object with a 'backbone' object (the model's sizes)")
+    for key in ("heads", "adapters"):
+        parts = config.get(key, {})
+        if not isinstance(parts, dict) or not all(isinstance(p, dict) and isinstance(p.get("class"), str)
+                                                   for p in parts.values()):
+            raise ValueError(f"{path}: '{key}' must map names to {{\"class\": ..., \"kwargs\": {{...}}}}")
+    return config
+
+
+def read_safetensors_header(path: Path) -> dict:
+    """The tensor table of a safetensors file, {name: (dtype, shape)}, read without loading any
+    tensor; ValueError for a file that is not safetensors, is truncated or is inconsistent."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if not 2 <= n <= min(size - 8, 100_000_000):
+            raise ValueError(f"{path} is not a safetensors file (bad or truncated header)")
+        try:
+            table = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(table, dict):
+        raise ValueError(f"{path} is not a safetensors file (its header is not a table)")
+    out, end = {}, 0
+    for name, t in table.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (a, b) = t["dtype"], [int(x) for x in t["shape"]], t["data_offsets"]
+        except (TypeError, KeyError, ValueError):
+            raise ValueError(f"{path}: the header entry of {name!r} is malformed") from None
+        out[name] = (dtype, tuple(shape))
+        end = max(end, int(b))
+    if 8 + n + end > size:
+        raise ValueError(f"{path} is truncated: its header promises {8 + n + end} bytes, the file has {size}")
+    return out
+
+
+def check_weights_match(skeleton: nn.Module, header: dict, path: Path):
+    """Compare the tensors a config implies (``skeleton``, built on the meta device) with a file's
+    header before anything is allocated: ValueError naming missing, unexpected or mis-shaped ones.
+    Tied tensors (saved once) count as present when one of their names is."""
+    groups: dict[int, list[str]] = {}
+    shapes = {}
+    for name, t in skeleton.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(name)
+        shapes[name] = tuple(t.shape)
+    missing = [names[0] for names in groups.values() if not any(n in header for n in names)]
+    extra = [n for n in header if n not in shapes]
+    wrong = [f"{n} {list(header[n][1])} (config says {list(shapes[n])})" for n in header
+             if n in shapes and header[n][1] != shapes[n]]
+    problems = []
+    if wrong:
+        problems.append(f"{len(wrong)} with the wrong shape, e.g. {wrong[0]}")
+    if missing:
+        problems.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if extra:
+        problems.append(f"{len(extra)} not in the config's model, e.g. {extra[0]}")
+    if problems:
+        raise ValueError(f"{path} does not match config.json: tensors " + "; ".join(problems))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str):

@@ -26,7 +26,7 @@ class SamplingParams:
     stop_strings: list[str] = field(default_factory=list)
     seed: int | None = None
 
-    MAX_NEW_TOKENS_LIMIT = 1_000_000
+    MAX_NEW_TOKENS_LIMIT = 100_000   # a stated bound on one request's work (about 5 min for the shipped char model)
 
     def validate(self) -> "SamplingParams":
         """Raise ValueError with a clear message on absurd settings."""

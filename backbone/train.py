@@ -33,6 +33,7 @@ from safetensors.torch import load_file, load_model, save_file
 from tqdm.auto import tqdm
 
 from .container import OmniModel, atomic_write_text
+from .transformer import check_field_types
 
 
 @dataclass
@@ -77,6 +78,17 @@ class TrainConfig:
                 except ValueError:
                     raise ValueError(f"trainer setting {f.name} must be a number, got {d[f.name]!r}") from None
         return cls(**d)
+
+    def __post_init__(self):
+        check_field_types(self, "trainer")
+        for name, lo in (("max_steps", 1), ("batch_size", 1), ("grad_accum", 1), ("warmup_steps", 0),
+                         ("eval_every", 0), ("ckpt_every", 0), ("keep_ckpts", 1), ("log_every", 1)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"trainer setting {name} must be >= {lo}, got {getattr(self, name)}")
+        if not self.lr > 0 or self.min_lr < 0:
+            raise ValueError(f"trainer settings lr must be > 0 and min_lr >= 0, got {self.lr} and {self.min_lr}")
+        if self.max_time_s is not None and not self.max_time_s > 0:
+            raise ValueError(f"trainer setting max_time_s must be > 0 seconds, got {self.max_time_s}")
 
 
 def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
@@ -171,7 +183,8 @@ def _unflatten_optim(tensors: dict, groups: list) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(model, opts, step: int, cfg: TrainConfig, rank: int, tokenizer=None):
+def save_checkpoint(model, opts, step: int, cfg: TrainConfig, rank: int, tokenizer=None,
+                    progress: dict | None = None):
     """All ranks call this (FSDP gathers); rank 0 writes tmp folder -> rename -> update 'latest'."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
     msd, osd = get_state_dict(model, opts, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -188,6 +201,7 @@ def save_checkpoint(model, opts, step: int, cfg: TrainConfig, rank: int, tokeniz
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     np_state = np.random.get_state()
     state = {"step": step, "param_groups": groups, "config": asdict(cfg),
+             "tokens": (progress or {}).get("tokens", 0), "elapsed_s": (progress or {}).get("elapsed_s", 0.0),
              "python_rng": repr(random.getstate()),
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
@@ -241,13 +255,20 @@ def save_trained(model: OmniModel, metrics: dict, out, tokenizer=None) -> Path:
 
 
 def run_recipe(cfg: dict, build, out=None, device: str = "cpu", resume: bool = False,
-               command: str | None = None) -> tuple:
+               command: str | None = None, data_keys: set | None = None) -> tuple:
     """The one recipe runner that every task's ``run()`` goes through:
     seed, build, record the command, train, save.
 
     ``build(cfg, tcfg) -> (model, task, tokenizer)`` is the task's part: data, model and batches.
     The model is written with ``save_pretrained(out, tokenizer)``; an OmniModel also records the
-    training command and its final metrics in ``meta``. Returns (model, final metrics)."""
+    training command and its final metrics in ``meta``. Returns (model, final metrics).
+    ``data_keys``: the settings the task reads from ``data:``; others are refused, as ``train:``'s are."""
+    if data_keys is not None:
+        data = cfg.get("data") or {}
+        if not isinstance(data, dict):
+            raise ValueError("the config's data: section must be a mapping of settings")
+        if set(data) - set(data_keys):
+            raise ValueError(f"unknown data settings {sorted(set(data) - set(data_keys))}; known: {sorted(data_keys)}")
     tcfg = TrainConfig.from_dict(cfg["train"])
     torch.manual_seed(tcfg.seed)
     model, task, tokenizer = build(cfg, tcfg)
@@ -335,12 +356,15 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
                desc="train", dynamic_ncols=True)
     progress = {"done": start}  # the last finished step, for an interrupted run
+    if ckpt is not None:        # metrics.jsonl's tokens and elapsed_s go on from where the run stopped
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        progress.update(tokens=state.get("tokens", 0), elapsed_s=state.get("elapsed_s", 0.0))
     try:
         return _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress)
     except KeyboardInterrupt:
         if world == 1 and progress["done"] > start and not progress.get("updating"):
             # keep the work: one more atomic checkpoint of the last finished step, then stop
-            save_checkpoint(wrapped, opts, progress["done"], cfg, rank, tokenizer)
+            save_checkpoint(wrapped, opts, progress["done"], cfg, rank, tokenizer, progress)
             print(f"\n[train] interrupted: saved step {progress['done']} to {out}/ckpt; continue with --resume")
         raise
     finally:
@@ -358,7 +382,9 @@ def _check_finite(loss: torch.Tensor, step: int, cfg: TrainConfig):
 def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress) -> dict:
     last: dict = {}
     done, step_s = progress["done"], 0.0
-    t0, tokens = time.time(), 0  # t0 moves forward by eval/checkpoint time: budgets count training only
+    # t0 moves forward by eval/checkpoint time: budgets count training only (a resumed run goes on
+    # from the training time and tokens its checkpoint recorded)
+    t0, tokens = time.time() - progress.get("elapsed_s", 0.0), progress.get("tokens", 0)
     for step in bar:
         ts = time.time()
         time_frac = (ts - t0) / cfg.max_time_s if cfg.max_time_s else 0.0
@@ -389,6 +415,7 @@ def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokeniz
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
         done = progress["done"] = step + 1
+        progress.update(tokens=tokens, elapsed_s=round(time.time() - t0, 3))
         rec = None
         if done % cfg.log_every == 0 or done == cfg.max_steps:
             _check_finite(loss_sum, done, cfg)
@@ -408,6 +435,6 @@ def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokeniz
         if (cfg.ckpt_every and done % cfg.ckpt_every == 0) or done == cfg.max_steps or out_of_time:
             _check_finite(loss_sum, done, cfg)  # never checkpoint diverged weights
             te = time.time()
-            save_checkpoint(wrapped, opts, done, cfg, rank, tokenizer)
+            save_checkpoint(wrapped, opts, done, cfg, rank, tokenizer, progress)
             t0 += time.time() - te
     return {**last, "step": done, "tokens": tokens, "train_time_s": time.time() - t0}

@@ -30,6 +30,26 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+def check_field_types(obj, what: str):
+    """ValueError naming a dataclass field whose value has the wrong type: a config's ``n_layer:
+    "four"`` or ``lr: [1, 2]`` (a bool is not a number; an int is a float)."""
+    import dataclasses
+    import math
+    for f in dataclasses.fields(obj):
+        v, t = getattr(obj, f.name), str(f.type)
+        if v is None and "None" in t:
+            continue
+        base = t.split("|")[0].strip()
+        ok = {"int": isinstance(v, int) and not isinstance(v, bool),
+              "float": isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+              "bool": isinstance(v, bool), "str": isinstance(v, str),
+              "dict": isinstance(v, dict)}.get(base, True)
+        if not ok:
+            kind = {"int": "a whole number", "float": "a finite number", "bool": "true or false",
+                    "str": "a string", "dict": "a mapping"}[base]
+            raise ValueError(f"{what} setting {f.name} must be {kind}, got {v!r}")
+
+
 @dataclass
 class ModelArgs:
     vocab_size: int = 256
@@ -60,6 +80,7 @@ class ModelArgs:
     extra: dict = field(default_factory=dict)  # free-form notes carried in config.json
 
     def __post_init__(self):
+        check_field_types(self, "model")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.head_dim is None:

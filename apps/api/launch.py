@@ -59,7 +59,7 @@ def main(a: argparse.Namespace, defaults=DEFAULT_MODELS) -> None:
     """Serve until interrupted. Bad flags, checkpoints or a taken port: ValueError with the reason
     (the CLI prints it on one line and exits with status 2)."""
     bounds = [("--max-rows", a.max_rows, 1, 1024), ("--max-queue", a.max_queue, 0, 100_000),
-              ("--max-tokens", a.max_tokens, 1, 1_000_000), ("--timeout", a.timeout, 0.1, 86_400),
+              ("--max-tokens", a.max_tokens, 1, 100_000), ("--timeout", a.timeout, 0.1, 86_400),
               ("--max-body-mb", a.max_body_mb, 0.001, 1024), ("--port", a.port, 0, 65535)]
     for flag, v, lo, hi in bounds:
         if not lo <= v <= hi:

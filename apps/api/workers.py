@@ -25,7 +25,6 @@ from PIL import Image
 
 from apps.api.engine_proc import EngineProcess
 from apps.forecast.model import Forecaster, check_request
-from apps.t2i.data import encode_prompts
 from apps.t2i.model import ImageModel
 from apps.text.model import encode_prompt
 from apps.tts.checks import check_text, split_sentences
@@ -260,7 +259,7 @@ class ImageWorker:
         """ValueError for words the model does not know or a size it cannot make."""
         if size is not None and self.size is not None and size != self.size:
             raise ValueError(f"size {size!r}: this model makes {self.size} images only")
-        encode_prompts(self.im.vocab, [prompt], 1, 1.0, 1.0)
+        self.im.check_prompt(prompt)
 
     def _run(self, key, prompts: list[str]) -> list[bytes]:
         steps, cfg, temperature, seeded = key

@@ -130,7 +130,8 @@ def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = F
         command: str | None = None) -> tuple[OmniModel, dict]:
     """Train from a config (see configs/forecast_bins.yaml); ``command`` is recorded in the meta
     (default: the ``omniar`` command line)."""
-    return run_recipe(cfg, build, out, device, resume, command)
+    return run_recipe(cfg, build, out, device, resume, command,
+                      data_keys={"ett", "kernel_synth", "kernel_synth_length", "public", "mix", "mixup", "short_history"})
 
 
 def main(argv=None):

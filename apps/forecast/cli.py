@@ -29,9 +29,13 @@ def load_forecaster(folder, device=None) -> Forecaster | BinForecaster:
     return Forecaster.from_pretrained(folder, device=device)
 
 
-def read_series_csv(path: str | Path, column: str) -> np.ndarray:
+MAX_CSV_ROWS = 200_000   # a stated bound (issue 21: 10^6 rows ran past 90 s and ~1 GB in finetune-forecast)
+
+
+def read_series_csv(path: str | Path, column: str, max_rows: int = MAX_CSV_ROWS) -> np.ndarray:
     """One numeric column of a CSV with a header; empty cells and 'nan' are missing values.
-    ValueError (naming the file, column or line) for anything else."""
+    ValueError (naming the file, column or line) for anything else, or for more than ``max_rows`` rows
+    (checked as the file is read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
@@ -44,6 +48,9 @@ def read_series_csv(path: str | Path, column: str) -> np.ndarray:
                 raise ValueError(f"{path}: no column {column!r}; the columns are {reader.fieldnames}")
             vals = []
             for i, row in enumerate(reader, start=2):
+                if i - 1 > max_rows:
+                    raise ValueError(f"{path} has more than {max_rows} rows, the limit; keep the recent "
+                                     f"history (e.g. `tail -n {max_rows}`)")
                 cell = (row.get(column) or "").strip()
                 try:
                     vals.append(float(cell) if cell and cell.lower() != "nan" else float("nan"))
@@ -75,6 +82,10 @@ def read_time_csv(path: str | Path, column: str) -> list[str]:
 def main(a):
     """``omniar forecast data.csv --column OT --horizon 96 -o forecast.csv``."""
     out = Path(a.out)
+    if out.is_dir() or str(a.out).endswith(("/", "\\")):
+        raise ValueError(f"-o {a.out}: give a file name for the CSV (e.g. {Path(a.out) / 'forecast.csv'}), not a folder")
+    if not out.parent.is_dir():
+        raise ValueError(f"-o {a.out}: the folder {out.parent} does not exist")
     if out.exists() and not a.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
     x = read_series_csv(a.csv, a.column)
@@ -84,10 +95,14 @@ def main(a):
         raise ValueError(f"--quantiles takes comma-separated numbers such as 0.1,0.5,0.9, got {a.quantiles!r}") from None
     pred = load_forecaster(a.model).predict(x, a.horizon, quantiles=qs)[0]              # (H, q)
     tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write("step," + ",".join(f"q{q:g}" for q in qs) + "\n")
-        for i, row in enumerate(pred, start=1):
-            f.write(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n")
-    tmp.replace(out)
+    try:
+        with tmp.open("w") as f:
+            f.write("step," + ",".join(f"q{q:g}" for q in qs) + "\n")
+            for i, row in enumerate(pred, start=1):
+                f.write(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n")
+        tmp.replace(out)
+    except OSError as e:                                  # never leave a stray .tmp behind
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"cannot write {out}: {e.strerror or e}") from None
     print(f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points "
           f"({int(np.isnan(x).sum())} missing), quantiles {qs}")

@@ -205,4 +205,5 @@ def build(cfg: dict, tcfg) -> tuple[OmniModel, SeriesTask, None]:
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     """Train as the config says (see configs/forecast_zeroshot.yaml); returns the model and the final metrics."""
-    return run_recipe(cfg, build, out, device, resume)
+    return run_recipe(cfg, build, out, device, resume, data_keys={"ett", "kernel_synth", "kernel_synth_length", "public",
+                                                                  "mix", "mixup", "short_history", "in_context"})

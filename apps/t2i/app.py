@@ -76,7 +76,7 @@ def make_caption_fn(model):
             raise ValueError("no image uploaded; choose a PNG or JPEG")
         if Path(path).stat().st_size > MAX_UPLOAD_BYTES:
             raise ValueError(f"the file is {Path(path).stat().st_size} bytes; the limit is {MAX_UPLOAD_BYTES}")
-        image = read_image(path, model.tok)
+        image = read_image(path, model.tok, name=Path(path).name)   # never the server's temp folder
         return model.caption(image)[0] or "(no caption)", _show(image)[0]
     return caption
 

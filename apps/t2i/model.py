@@ -45,6 +45,15 @@ class ImageModel:
     def from_pretrained(cls, folder, device=None) -> "ImageModel":
         return cls(OmniModel.from_pretrained(folder, device=device), WordVocab.load(folder), folder)
 
+    def check_prompt(self, prompt: str) -> list[int]:
+        """A prompt -> its word ids, or ValueError (unknown words; more words than the context
+        leaves room for beside the image) before any generation starts."""
+        ids = self.vocab.encode(prompt)
+        room = self.model.args.block_size - self.model.adapters["image"].n_patches - 2     # <bos>, <boi>
+        if len(ids) > room:
+            raise ValueError(f"the prompt has {len(ids)} words; this model takes at most {room}")
+        return ids
+
     def image_schedule(self, B: int, head_kw: dict, generator: torch.Generator, guidance=None, prompt=None,
                        commit: bool = False, passes: int = 16) -> ImageSchedule:
         """The schedule of one image in this checkpoint's order (see ``ImageSchedule``)."""
@@ -63,6 +72,8 @@ class ImageModel:
         """The schedule of ``text_to_image`` (its arguments); run it with backbone.generate's
         ``run_to_end`` or step it as a ``Generation`` -> tokens (B, N, d)."""
         caps = encode_prompts(self.vocab, prompts, steps, cfg, temperature)
+        for p in ([prompts] if isinstance(prompts, str) else prompts):
+            self.check_prompt(p)
         cfg_at(cfg_schedule, cfg, 0.0)                                  # an unknown schedule fails here
         guided = cfg != 1.0
         rows = [[Segment([BOS, *c, BOI])] for c in caps] + ([[Segment([BOS, BOI])]] * len(caps) if guided else [])
@@ -122,9 +133,10 @@ class ImageModel:
 MAX_SIDE = 4096  # refuse decompression bombs and absurd uploads before resizing
 
 
-def read_image(path, tok: PatchTokenizer | None = None) -> Tensor:
+def read_image(path, tok: PatchTokenizer | None = None, name: str | None = None) -> Tensor:
     """An image file -> (1, C, H, W) in [0, 1] at the tokenizer's size (default 32x32 RGB); clear
-    ValueError for non-images and huge sizes. Other sizes are box-resized."""
+    ValueError for non-images and huge sizes. Other sizes are box-resized. ``name``: what messages
+    call the file (an upload's own name, not the server's temporary path)."""
     try:
         with Image.open(path) as im:
             if max(im.size) > MAX_SIDE:
@@ -132,7 +144,7 @@ def read_image(path, tok: PatchTokenizer | None = None) -> Tensor:
             im = im.convert("RGB")
             im.load()
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e.__class__.__name__})") from None
+        raise ValueError(f"{name or path}: not a readable image ({e.__class__.__name__})") from None
     return (tok or PatchTokenizer()).from_pil([im], resize=True)
 
 
@@ -145,10 +157,25 @@ def save_images(images: Tensor, path, nrow: int | None = None):
     Image.fromarray(arr).save(path)
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+def check_image_path(path: str) -> Path:
+    """An output path PIL can write, checked before any work: ValueError otherwise."""
+    p = Path(path)
+    if p.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"-o must name an image file ({', '.join(IMAGE_SUFFIXES)}), got {path!r}")
+    if p.is_dir():
+        raise ValueError(f"-o {path} is a folder; give a file name")
+    return p
+
+
 def cli_text_to_image(a):
     if not (1 <= a.n <= ImageModel.MAX_PROMPTS):
         raise ValueError(f"--n must be in [1, {ImageModel.MAX_PROMPTS}]")
+    check_image_path(a.out)
     m = ImageModel.from_pretrained(a.model, device=a.device)
+    m.check_prompt(a.prompt)
     images = m.text_to_image([a.prompt] * a.n, steps=a.steps, cfg=a.cfg, temperature=a.temperature, seed=a.seed)
     save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} image{'s' * (a.n > 1)})")

@@ -123,7 +123,8 @@ def build(cfg: dict, tcfg, tok) -> tuple:
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     tok = make_tokenizer(cfg.get("image"), device=device)
-    model, metrics = run_recipe(cfg, partial(build, tok=tok), out, device, resume)
+    model, metrics = run_recipe(cfg, partial(build, tok=tok), out, device, resume,
+                                data_keys={"kind", "caption_frac", "caption_drop"})
     if out and hasattr(tok, "vae"):  # a latent model carries its VAE (vae/) next to its weights
         tok.save_pretrained(Path(out) / "vae")
     return model, metrics

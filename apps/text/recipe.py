@@ -30,10 +30,21 @@ def resolve(path: str) -> Path:
     return p if p.is_absolute() or p.exists() else ROOT / p
 
 
+DATA_KEYS = {"path", "format", "train_fraction", "props", "symprec", "shuffle_seed"}
+
+
 def read_corpus(data: dict) -> str:
     """The training text: ``data.path`` is a file, a glob or a list of them, concatenated in
     sorted file order. ``data.format: fortune`` turns the '%' lines that separate the entries of
     fortune(6) files into blank lines."""
+    if not isinstance(data, dict) or "path" not in data:
+        raise ValueError("the config's data: section needs a path (a file, a glob or a list of them)")
+    unknown = set(data) - DATA_KEYS
+    if unknown:
+        raise ValueError(f"unknown data settings {sorted(unknown)}; known: {sorted(DATA_KEYS)}")
+    tf = data.get("train_fraction", 0.9)
+    if isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 < tf < 1:
+        raise ValueError(f"data setting train_fraction must be a number in (0, 1), got {tf!r}")
     paths = data["path"] if isinstance(data["path"], list) else [data["path"]]
     files = sorted({f for p in paths for f in (glob.glob(str(resolve(p))) if glob.has_magic(p) else [resolve(p)])})
     missing = [str(f) for f in files if not Path(f).is_file()]
@@ -68,7 +79,12 @@ def load_config(path: str | Path, required=("data", "model", "train")) -> dict:
     path = resolve(str(path))
     if not path.is_file():
         raise FileNotFoundError(f"config {path} not found")
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        raise ValueError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     missing = sorted(set(required) - set(cfg)) if isinstance(cfg, dict) else list(required)
     if missing:
         raise ValueError(f"{path}: the config needs {', '.join(repr(m) for m in missing)}")

@@ -32,4 +32,4 @@ def build(cfg: dict, tcfg: TrainConfig) -> tuple[Codec, CodecTask, None]:
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[Codec, dict]:
-    return run_recipe(cfg, build, out, device, resume)
+    return run_recipe(cfg, build, out, device, resume, data_keys={"folder", "n_train", "n_val", "n_test", "seed", "seconds"})

@@ -64,6 +64,10 @@ class SpeechModel:
     def from_pretrained(cls, folder="assets/speech-tts", codec=None, device=None, aligner="assets/speech-ctc",
                         compile: bool = False):
         model = OmniModel.from_pretrained(folder, device=device)
+        task = model.config["meta"].get("task")
+        if task != "tts" or "vocab" not in model.config["meta"]:
+            raise ValueError(f"{folder} is a {task or 'non-OmniAR-task'} checkpoint, not a text-to-speech one "
+                             "(meta.task 'tts'); try --model assets/speech-tts")
         codec_dir = codec or model.config["meta"].get("codec", "assets/speech-codec")
         if not Path(codec_dir).is_absolute() and not Path(codec_dir).exists():
             codec_dir = ROOT / codec_dir
@@ -219,12 +223,34 @@ def join_speech(results: list, pause_s: float = PAUSE_S):
                                pitch=pitch, pitch_hz=pitch_hz, **extra)
 
 
+MAX_CLI_CHARS = 5000   # a stated bound on one `omniar tts` call (issue 21: 120,000 characters ran unbounded)
+
+
+class _Progress:
+    """A SpeechModel whose ``synthesize`` calls advance a tqdm bar (one per sentence)."""
+
+    def __init__(self, model, total: int):
+        from tqdm import tqdm
+        self.model, self.bar = model, tqdm(total=total, unit="sentence", desc="speaking", leave=False)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def synthesize(self, *args, **kw):
+        r = self.model.synthesize(*args, **kw)
+        self.bar.update()
+        return r
+
+
 def cli_tts(a) -> None:
     """``omniar tts TEXT -o out.wav [--voice-prompt ref.wav --prompt-text ...] [--seed] [--temperature]
     [--model] [--device]``: every input is checked before the model loads."""
     out = Path(a.out)
     if out.suffix.lower() != ".wav":
         raise ValueError(f"-o must name a .wav file, got {a.out}")
+    if isinstance(a.text, str) and len(a.text) > MAX_CLI_CHARS:
+        raise ValueError(f"the text is {len(a.text)} characters long; `omniar tts` takes at most {MAX_CLI_CHARS} "
+                         "(about 5 minutes of speech); split it into several files")
     pieces = split_sentences(a.text)
     if not pieces:
         check_text(a.text)                                # empty / nothing to pronounce: says why
@@ -239,6 +265,8 @@ def cli_tts(a) -> None:
     model = SpeechModel.from_pretrained(a.model, device=a.device)
     if prompt_wav is not None and model.sample_rate != SAMPLE_RATE:
         prompt_wav = read_reference(a.voice_prompt, model.sample_rate)
+    if len(pieces) > 1:                                   # long work shows its progress, a sentence a step
+        model = _Progress(model, len(pieces))
     result = speak(model, a.text, prompt_wav, prompt_text, seed=seed, temperature=temperature)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

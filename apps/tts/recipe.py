@@ -172,7 +172,8 @@ def build(cfg: dict, tcfg: TrainConfig) -> tuple[OmniModel, TTSTask, None]:
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
-    return run_recipe(cfg, build, out, device, resume)
+    return run_recipe(cfg, build, out, device, resume,
+                      data_keys={"prepared", "folder", "n_train", "n_val", "n_test", "seed", "seconds"})
 
 
 if __name__ == "__main__":   # prepare the encoded data once: python -m apps.tts.recipe [codec folder]

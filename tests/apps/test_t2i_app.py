@@ -59,8 +59,9 @@ def test_caption_upload(model, tmp_path):
     text, seen = cap(str(png))
     assert isinstance(text, str) and seen.shape == (192, 192, 3)
     (tmp_path / "fake.png").write_text("hello")
-    with pytest.raises(gr.Error, match="not a readable image"):
+    with pytest.raises(gr.Error, match="not a readable image") as e:
         cap(str(tmp_path / "fake.png"))
+    assert str(tmp_path) not in str(e.value) and "fake.png" in str(e.value)   # the user's name, no server path
     with pytest.raises(gr.Error, match="no image uploaded"):
         cap(None)
 

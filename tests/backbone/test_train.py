@@ -74,6 +74,10 @@ def test_resume_is_exact(tmp_path, optimizer):
     assert m_full["val_loss"] == m_res["val_loss"]
     log = [json.loads(l) for l in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]  # lines past the checkpoint were replaced
+    # tokens and elapsed_s go on from the checkpoint after --resume (they restarted at 0: issue 21)
+    full_log = [json.loads(l) for l in (tmp_path / "a" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in log] == [r["tokens"] for r in full_log]
+    assert all(b["elapsed_s"] >= a["elapsed_s"] for a, b in zip(log, log[1:]))
 
 
 def test_checkpoint_folder_is_a_model(tmp_path):
