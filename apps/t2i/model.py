@@ -175,7 +175,6 @@ def cli_text_to_image(a):
         raise ValueError(f"--n must be in [1, {ImageModel.MAX_PROMPTS}]")
     check_image_path(a.out)
     m = ImageModel.from_pretrained(a.model, device=a.device)
-    m.check_prompt(a.prompt)
     images = m.text_to_image([a.prompt] * a.n, steps=a.steps, cfg=a.cfg, temperature=a.temperature, seed=a.seed)
     save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} image{'s' * (a.n > 1)})")
