@@ -24,6 +24,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 
+from apps.api.workers import ForecastWorker
 from apps.forecast.cli import read_series_csv, read_time_csv
 from apps.forecast.model import Forecaster
 from apps.serving import check_checkpoint, serve, user_errors
@@ -33,6 +34,7 @@ TRAIN_COMMAND = "omniar train forecast --config configs/forecast_zeroshot.yaml"
 MAX_UPLOAD_BYTES = 20 << 20
 SHOW_HISTORY = 500  # points of history drawn before the forecast
 NO_TIME = "(none)"
+CONCURRENT_USERS = 8   # users whose forecasts are merged into one batched call
 
 
 def csv_columns(path) -> list[str]:
@@ -105,6 +107,26 @@ def plot_forecast(history: np.ndarray, q: np.ndarray, title: str, times=None) ->
     return img
 
 
+class BatchedForecaster:
+    """A Forecaster whose ``predict`` calls from concurrent users (each in its own Gradio thread) are
+    merged: calls with the same horizon that arrive within 20 ms run as one batched ``predict``
+    (apps/api/workers.py's ForecastWorker, as the HTTP API does). Everything else is the model's."""
+
+    def __init__(self, fc: Forecaster, timeout: float = 300.0):
+        self.fc, self.timeout = fc, timeout
+        self.worker = ForecastWorker("app", "", forecaster=fc, max_queue=64)
+
+    def __getattr__(self, name):
+        return getattr(self.fc, name)
+
+    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), timestamps=None) -> np.ndarray:
+        series = context if isinstance(context, list) else [context]
+        stamps = timestamps or [None] * len(series)
+        self.worker.check(series, horizon, list(quantiles))          # a bad request fails alone
+        key = (horizon, tuple(quantiles), None, timestamps is not None)
+        return np.stack(self.worker.batcher.run_sync(key, list(zip(series, stamps)), self.timeout))
+
+
 def make_forecast_fn(forecaster):
     @user_errors("Cannot forecast", "forecast")
     def run(path, column, horizon, time_column=NO_TIME):
@@ -159,14 +181,16 @@ def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
         info = gr.Markdown(elem_id="fc-info")
         download = gr.File(label="forecast CSV", elem_id="fc-download")
         file.upload(on_upload, file, [column, time_column])
-        button.click(run, [file, column, horizon, time_column], [plot, download, info])
+        button.click(run, [file, column, horizon, time_column], [plot, download, info],
+                     concurrency_limit=CONCURRENT_USERS, concurrency_id="omniar-forecast-model")
     return demo
 
 
 def load_app(folder: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     """Checkpoint folder -> forecasting app Blocks (FileNotFoundError/ValueError with a clear message)."""
     folder = check_checkpoint(folder, "forecasting", TRAIN_COMMAND, files=("config.json", "model.safetensors"))
-    return build_demo(Forecaster.from_pretrained(folder, device=device))
+    # concurrent users' forecasts are merged into batched calls (BatchedForecaster)
+    return build_demo(BatchedForecaster(Forecaster.from_pretrained(folder, device=device)))
 
 
 def main(argv=None) -> int:

@@ -76,3 +76,27 @@ def test_browser_upload_and_forecast(page, series_csv):
     expect(page.locator("#fc-plot img")).to_be_visible(timeout=60_000)
     expect(page.locator("#fc-info")).to_contain_text("96 steps", timeout=10_000)
     assert "Traceback" not in page.content()
+
+
+def test_concurrent_users_share_batched_calls_and_match_solo():
+    """The tab's BatchedForecaster: 6 users at once are merged into fewer predict calls, and each
+    gets its solo forecast up to float rounding; a bad request fails alone."""
+    import threading
+
+    from apps.forecast.app import BatchedForecaster
+    fc = Forecaster.from_pretrained("assets/forecast-zeroshot")
+    bf = BatchedForecaster(fc)
+    rng = np.random.default_rng(0)
+    series = [np.sin(np.arange(100 + 50 * i) / 24 * 2 * np.pi) * 3 + 10 + rng.normal(size=100 + 50 * i) * 0.1
+              for i in range(6)]
+    solo = [fc.predict(s, 24)[0] for s in series]
+    out = [None] * 6
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(i, bf.predict(series[i], 24)[0])) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.allclose(o, s, rtol=1e-5, atol=1e-5) for o, s in zip(out, solo))
+    assert bf.worker.batcher.calls < 6 and bf.worker.batcher.items_done == 6
+    with pytest.raises(ValueError, match="horizon"):
+        bf.predict(series[0], 0)
