@@ -92,8 +92,6 @@ class EngineStats:
     """Counters for /metrics (read without a lock: each is one int/float written by the engine)."""
     steps: int = 0                 # engine steps that ran a batched backbone call
     samples: int = 0               # samples handed to requests
-    admitted: int = 0
-    finished: collections.Counter = field(default_factory=collections.Counter)  # by reason
     rows_hist: collections.Counter = field(default_factory=collections.Counter)  # batched rows per step
 
 
@@ -211,7 +209,6 @@ class BatchEngine:
         fresh, started = [], []
         for t in new:
             t.gen, t.t_start = Generation(self.model, t.schedule), time.monotonic()
-            self.stats.admitted += 1
             try:
                 p = t.schedule.prompt()
                 if self._plain(p):
@@ -249,11 +246,16 @@ class BatchEngine:
         h = self.model.backbone(input_ids=ids, positions=pos.expand(len(items), P), mask=None,
                                 input_pos=pos, cache=tmp)                                   # (k, P, D)
         for i, (t, p) in enumerate(items):
-            n = lens[i]
-            self.pool.copy_row(t.row, tmp, src_row=i, length=n)
-            cache = t.view = self.pool.view(t.row, max(p.max_seq, n))
-            state = DecodeState(positions=torch.tensor([n], device=dev), key_valid=None, next_slot=n, cache=cache)
-            t.gen.start(h[i:i + 1, :n], state)
+            self.pool.copy_row(t.row, tmp, src_row=i, length=lens[i])
+            self._start_row(t, p, h[i:i + 1, :lens[i]])
+
+    def _start_row(self, t: Ticket, p: Prompt, h):
+        """A plain prompt of n tokens now sits at slots 0 .. n-1 of ``t``'s pool row: its generation
+        starts from there, decoding into that row. h (1, n, D): the prompt's hidden states."""
+        n = p.ids.shape[1]
+        t.view = self.pool.view(t.row, max(p.max_seq, n))
+        t.gen.start(h, DecodeState(positions=torch.tensor([n], device=h.device), key_valid=None, next_slot=n,
+                                   cache=t.view))
 
     def _forward(self, batch: list[Ticket], fresh: list):
         """One backbone call over pool rows 0 .. R-1 (R, T): every generation in ``batch`` advances by
@@ -291,10 +293,7 @@ class BatchEngine:
             st.positions, st.next_slot, st.step = st.positions + 1, st.next_slot + 1, st.step + 1
             t.gen.h, t.gen.pending = h[t.row:t.row + 1, :1], None                        # (1, 1, D)
         for t, p in fresh:
-            n = p.ids.shape[1]
-            cache = t.view = self.pool.view(t.row, max(p.max_seq, n))
-            state = DecodeState(positions=torch.tensor([n], device=dev), key_valid=None, next_slot=n, cache=cache)
-            t.gen.start(h[t.row:t.row + 1, :n], state)
+            self._start_row(t, p, h[t.row:t.row + 1, :p.ids.shape[1]])
         if batch:
             self.stats.steps += 1
             self.stats.rows_hist[len(batch)] += 1
@@ -388,7 +387,6 @@ class BatchEngine:
         if t.reason is not None:
             return
         t.reason, t.error = reason, error
-        self.stats.finished[reason] += 1
         if t.gen is not None:
             t.gen.done = True
             t.gen.state = None        # the row's view is dropped; a fresh cache is never kept

@@ -219,7 +219,7 @@ def read_safetensors_header(path: Path) -> dict:
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (a, b) = t["dtype"], [int(x) for x in t["shape"]], t["data_offsets"]
+            dtype, shape, (_, b) = t["dtype"], [int(x) for x in t["shape"]], t["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise ValueError(f"{path}: the header entry of {name!r} is malformed") from None
         out[name] = (dtype, tuple(shape))

@@ -442,7 +442,6 @@ class TextSchedule(Schedule):
             rows = torch.arange(B, device=self.device)[:, None].expand_as(self.ids)
             self.seen[rows[real], self.ids[real]] = True
         self.params = params
-        self.stop = torch.as_tensor(params.stop_tokens or [-2], device=self.device)
         self.done = torch.zeros(ids.shape[0], dtype=torch.bool, device=self.device)
         self.stop_set, self.any_done = set(params.stop_tokens), False
         self.step_fn = compiled_decode_step(model) if compile else None

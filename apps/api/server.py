@@ -118,7 +118,7 @@ def build_app(workers: dict, limits: Limits | None = None) -> FastAPI:
                                         max_new_tokens=req.max_tokens, stop_strings=req.stops,
                                         stop_tokens=[w.eos] if w.eos is not None else [],
                                         seed=None if req.seed is None else req.seed + c)
-                sink = _Tagged(None, shared, k, outbox)
+                sink = _Tagged(shared, k, outbox)
                 tickets.append(w.submit(p, params, limits.request_timeout, sink.on_sample, sink.on_end))
                 streams.append(TextStream(w.tok, params))
         except QueueFull as e:
@@ -198,7 +198,7 @@ class _Tagged:
     and (row, None) at the row's end. Items wait in a list and the loop is woken once per batch of
     them (not once per token): with 16 streams that is one wake-up per engine step, not 16."""
 
-    def __init__(self, loop, q: asyncio.Queue, row: int, outbox: "_Outbox"):
+    def __init__(self, q: asyncio.Queue, row: int, outbox: "_Outbox"):
         self.q, self.row, self.outbox = q, row, outbox
 
     def on_sample(self, tok: int):

@@ -1,6 +1,6 @@
 """What ``omniar serve`` runs requests on: one worker per loaded checkpoint.
 
-* ``TokenWorker`` (text, CIF): a ``BatchEngine`` (backbone/batching.py): continuous batching,
+* ``TokenWorker`` (text, CIF): a ``BatchEngine`` (backbone/batching.py) in a child process: continuous batching,
   each request a one-row TextSchedule; tokens stream back to the event loop as they are sampled.
 * ``SpeechWorker``: the same engine over SpeechSchedule rows (the codec-token AR stage batches;
   every sentence of a request is its own row, so a long text decodes its sentences together).
@@ -28,10 +28,8 @@ from apps.forecast.model import Forecaster, check_request
 from apps.t2i.model import ImageModel
 from apps.text.model import encode_prompt
 from apps.tts.checks import check_text, split_sentences
-from apps.tts.model import SpeechModel, join_speech
+from apps.tts.model import BatchedSpeech, SpeechModel, join_speech
 from backbone.batching import BatchEngine, QueueFull
-from backbone.container import OmniModel
-from backbone.generate import TextSchedule
 from backbone.sampling import SamplingParams
 from modalities.text import load_tokenizer
 
@@ -55,23 +53,16 @@ def checkpoint_kind(folder: str | Path) -> str:
 
 
 class TokenWorker:
-    """A text or CIF checkpoint behind a continuous-batching engine: in a child process
-    (``process=True``, what ``omniar serve`` runs: decoding does not share the API's GIL,
-    apps/api/engine_proc.py) or on a thread of this process."""
+    """A text or CIF checkpoint behind a continuous-batching engine in a child process, so decoding
+    does not share the API's GIL (apps/api/engine_proc.py)."""
 
     def __init__(self, name: str, folder: str, kind: str, device: str = "cpu", max_rows: int = 32,
-                 max_queue: int = 64, process: bool = True):
-        self.name, self.kind, self.folder, self.process = name, kind, folder, process
+                 max_queue: int = 64):
+        self.name, self.kind, self.folder = name, kind, folder
         self.tok = load_tokenizer(folder)
         self.eos = getattr(self.tok, "eos_id", None)
-        if process:
-            self.engine = EngineProcess(folder, device, max_rows, max_queue, name=f"engine-{name}")
-            self.block_size = self.engine.block_size
-        else:
-            self.model = OmniModel.from_pretrained(folder, device=device).eval()
-            self.block_size = self.model.args.block_size
-            self.engine = BatchEngine(self.model, max_rows=max_rows, max_queue=max_queue,
-                                      name=f"engine-{name}").start()
+        self.engine = EngineProcess(folder, device, max_rows, max_queue, name=f"engine-{name}")
+        self.block_size = self.engine.block_size
 
     def encode(self, prompt: str) -> list[int]:
         """ValueError with the reason for text the tokenizer cannot take or a prompt over the context."""
@@ -79,56 +70,41 @@ class TokenWorker:
 
     def submit(self, ids: list[int], params: SamplingParams, timeout: float, on_sample, on_end):
         """Start one row -> a handle with ``cancel()``, ``reason``, ``error``; ``on_sample(int)`` for
-        each token and ``on_end(handle)`` run on an engine-side thread. Raises QueueFull."""
-        params.validate()
-        if self.process:
-            return self.engine.submit(ids, params, timeout, on_sample, on_end)
-        return self.engine.submit(TextSchedule(self.model, [ids], params), lambda x: on_sample(int(x.reshape(-1)[0])),
-                                  timeout, on_end)
+        each token and ``on_end(handle)`` run on the engine's reader thread. Raises QueueFull."""
+        return self.engine.submit(ids, params.validate(), timeout, on_sample, on_end)
 
     @property
     def waiting(self) -> int:
         return self.engine.waiting
 
     def free_queue(self) -> int:
-        if self.process:
-            return self.engine.free()
-        return self.engine.max_queue - self.engine.waiting
+        return self.engine.free()
 
     def close(self):
         self.engine.stop()
 
 
 class SpeechWorker:
-    """A TTS checkpoint: each sentence is a SpeechSchedule row of a continuous-batching engine."""
+    """A TTS checkpoint: each sentence is a SpeechSchedule row of a continuous-batching engine
+    (``BatchedSpeech``, which the Speech tab uses too)."""
 
     def __init__(self, name: str, folder: str, device: str = "cpu", max_rows: int = 8, max_queue: int = 32):
         self.name, self.kind, self.folder = name, "speech", folder
-        self.sm = SpeechModel.from_pretrained(folder, device=device)
-        self.engine = BatchEngine(self.sm.model, max_rows=max_rows, max_queue=max_queue,
-                                  name=f"engine-{name}").start()
+        sm = SpeechModel.from_pretrained(folder, device=device)
+        self.engine = BatchEngine(sm.model, max_rows=max_rows, max_queue=max_queue, name=f"engine-{name}").start()
+        self.speech = BatchedSpeech(sm, self.engine)
 
     def speak(self, text: str, seed: int, temperature: float, timeout: float):
-        """Blocking (run it in a thread): text -> SpeechResult. ValueError for unspeakable text,
-        QueueFull when busy, TimeoutError past ``timeout``."""
-        pieces = split_sentences(text, self.sm.MAX_CHARS)
+        """Blocking (run it in a thread): text -> SpeechResult, its sentences decoding together.
+        ValueError for unspeakable text, QueueFull when busy, TimeoutError past ``timeout``."""
+        limit = self.speech.MAX_CHARS
+        pieces = split_sentences(text, limit)
         if not pieces:
-            check_text(text, self.sm.MAX_CHARS)
-        if len(pieces) > self.engine.max_queue - self.engine.waiting:
+            check_text(text, limit)
+        if len(pieces) > self.free_queue():
             raise QueueFull("the speech queue is full", retry_after=2.0)
-        jobs = [self.sm.prepare(check_text(p, self.sm.MAX_CHARS), seed=seed, temperature=temperature) for p in pieces]
-        deadline = time.monotonic() + timeout
-        tickets = []
-        try:
-            for sched, _ in jobs:
-                tickets.append(self.engine.submit(sched, timeout=timeout))
-            results = [finish(t.result(max(0.0, deadline - time.monotonic()) + 1.0))
-                       for t, (_, finish) in zip(tickets, jobs)]
-        except BaseException:
-            for t in tickets:
-                t.cancel()
-            raise
-        return join_speech(results)
+        return join_speech(self.speech.synthesize_all([check_text(p, limit) for p in pieces], seed=seed,
+                                                      temperature=temperature, timeout=timeout))
 
     @property
     def waiting(self) -> int:

@@ -13,6 +13,7 @@ tokens, the AR codec codes (codebook 0), then the NAR codebooks; the codec decod
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,12 +166,24 @@ class BatchedSpeech:
 
     def synthesize(self, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,
                    temperature: float = 1.0, **kw) -> SpeechResult:
-        sched, finish = self.sm.prepare(text, prompt_wav, prompt_text, seed, temperature, **kw)
-        ticket = self.engine.submit(sched, timeout=self.timeout)
+        return self.synthesize_all([text], prompt_wav, prompt_text, seed, temperature, **kw)[0]
+
+    def synthesize_all(self, texts: list[str], prompt_wav=None, prompt_text=None, seed: int | None = 0,
+                       temperature: float = 1.0, timeout: float | None = None, **kw) -> list[SpeechResult]:
+        """Several texts (a long text's sentences) as rows decoding together -> their results.
+        TimeoutError past ``timeout`` (default: the wrapper's); every row is cancelled if any fails."""
+        timeout = self.timeout if timeout is None else timeout
+        jobs = [self.sm.prepare(t, prompt_wav, prompt_text, seed, temperature, **kw) for t in texts]
+        deadline = time.monotonic() + timeout
+        tickets = []
         try:
-            return finish(ticket.result(self.timeout + 5))
+            for sched, _ in jobs:
+                tickets.append(self.engine.submit(sched, timeout=timeout))
+            return [finish(t.result(max(0.0, deadline - time.monotonic()) + 1.0))
+                    for t, (_, finish) in zip(tickets, jobs)]
         finally:
-            ticket.cancel()
+            for t in tickets:
+                t.cancel()        # a no-op for finished rows
 
 
 def speak(model, text: str, prompt_wav=None, prompt_text=None, seed: int | None = 0,

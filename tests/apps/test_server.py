@@ -2,7 +2,6 @@
 (and raw HTTP for what that client will not send: NaN, non-UTF-8, oversize bodies)."""
 import base64
 import io
-import json
 import socket
 import subprocess
 import sys
