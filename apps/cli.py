@@ -17,6 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from apps.t2i import DEFAULT_CHECKPOINT as DEFAULT_IMAGE
+
 
 def _train(a):
     import yaml
@@ -150,8 +152,7 @@ def _export(a):
     print(f"wrote a Hugging Face {a.arch} folder to {a.out}")
 
 
-SERVE_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif",
-                "assets/t2i-shapes", "assets/speech-tts", "assets/forecast-zeroshot")
+SERVE_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif", DEFAULT_IMAGE, "assets/speech-tts", "assets/forecast-zeroshot")
 
 
 def launch_args(ap: argparse.ArgumentParser, models=SERVE_MODELS, port: int = 8000):
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     ti = sub.add_parser("t2i", help="text to image (a PNG; a grid for --n > 1)")
     ti.add_argument("prompt")
     ti.add_argument("-o", "--out", required=True, help="PNG file to write")
-    ti.add_argument("--model", default="assets/t2i-shapes")
+    ti.add_argument("--model", default=DEFAULT_IMAGE)
     ti.add_argument("--n", type=int, default=1, help="images per prompt (written as a grid)")
     ti.add_argument("--steps", type=int, default=25, help="denoising steps per patch")
     ti.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("caption", help="describe an image (PNG/JPEG) with the text-to-image model")
     ca.add_argument("image")
-    ca.add_argument("--model", default="assets/t2i-shapes")
+    ca.add_argument("--model", default=DEFAULT_IMAGE)
     ca.add_argument("--device", default="cpu")
     ca.set_defaults(fn=_caption)
 

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, load_model, save_file
 from tqdm.auto import tqdm
 
 from .container import OmniModel, atomic_write_text
+from .ema import EMA
 from .transformer import check_field_types
 
 
@@ -63,6 +64,8 @@ class TrainConfig:
     max_time_s: float | None = None  # wall-clock budget: the LR schedule follows elapsed time and
                                      # training stops at the budget (equal-time comparisons; such a
                                      # run is not bit-reproducible)
+    ema: float = 0.0              # decay of an EMA of the weights (backbone/ema.py; 0 = off): the
+                                  # finished model and each checkpoint's ema/ folder hold the average
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -87,6 +90,8 @@ class TrainConfig:
                 raise ValueError(f"trainer setting {name} must be >= {lo}, got {getattr(self, name)}")
         if not self.lr > 0 or self.min_lr < 0:
             raise ValueError(f"trainer settings lr must be > 0 and min_lr >= 0, got {self.lr} and {self.min_lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"trainer setting ema must be in [0, 1) (0 = off), got {self.ema}")
         if self.max_time_s is not None and not self.max_time_s > 0:
             raise ValueError(f"trainer setting max_time_s must be > 0 seconds, got {self.max_time_s}")
 
@@ -130,9 +135,35 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
     fused = all(type(p) is torch.nn.Parameter and p.dtype in (torch.float32, torch.bfloat16) for p in rest)
     opts = [torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)]
     if hidden:
+        _muon_fp32_on_cpu_without_bf16(hidden)
         opts.append(torch.optim.Muon([{"params": hidden, "lr_mult": cfg.muon_lr_mult}], lr=cfg.lr * cfg.muon_lr_mult,
                                      weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"))
     return opts
+
+
+def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration, the same steps in float32 instead of bf16."""
+    a, b, c = ns_coefficients
+    x = grad.float()
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    x = x / x.norm().clamp(min=eps)                       # spectral norm <= 1
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return (x.T if tall else x).to(grad.dtype)
+
+
+def _muon_fp32_on_cpu_without_bf16(params):
+    """torch.optim.Muon orthogonalises in bf16, which CPUs without native bf16 (no AVX512-BF16 or
+    AMX, e.g. many AMD EPYC hosts) emulate ~10x slower than float32: there the optimizer step
+    took 2.8 s of a 3.4 s step (issue 19). On such hosts, run the same iteration in float32 (more
+    precise, not less); GPUs and bf16-capable CPUs keep torch's kernel."""
+    import torch.optim._muon as _muon
+    on_cpu = all(p.device.type == "cpu" for p in params)
+    if on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        _muon._zeropower_via_newtonschulz = _newton_schulz_fp32
 
 
 # ---- distributed ------------------------------------------------------------------------------
@@ -205,6 +236,11 @@ def save_checkpoint(model, opts, step: int, cfg: TrainConfig, rank: int, tokeniz
              "python_rng": repr(random.getstate()),
              "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     (tmp / "trainer_state.json").write_text(json.dumps(state))
+    ema = (progress or {}).get("ema")
+    if ema is not None:  # the shadow for --resume, and the averaged model as a folder of its own
+        save_file(ema.state_dict(), str(tmp / "ema.safetensors"))
+        ema.copy_to(plain)
+        plain.save_pretrained(tmp / "ema", tokenizer)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     atomic_write_text(root / "latest", final.name)
@@ -346,6 +382,15 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     wrapped = wrap_model(model, cfg, device, world)
     opts = make_optimizers(wrapped, cfg)
     start = load_trainer_state(wrapped, opts, ckpt) if ckpt is not None else 0
+    ema = None
+    if cfg.ema:
+        if world > 1 and cfg.parallel == "fsdp":
+            raise ValueError("ema needs whole parameters on every rank; use parallel=ddp with ema")
+        ema = EMA(unwrap(wrapped), cfg.ema)
+        if ckpt is not None and (ckpt / "ema.safetensors").is_file():
+            ema.load_state_dict(load_file(str(ckpt / "ema.safetensors"), device=str(device)))
+        elif ckpt is not None and rank == 0:
+            print(f"[train] {ckpt} has no EMA state: the average starts from its weights")
     log_path = out / "metrics.jsonl"
     if rank == 0:  # drop log lines from beyond the checkpoint we resume from
         old = log_path.read_text().splitlines() if (resume and log_path.exists()) else []
@@ -355,12 +400,15 @@ def train(model: OmniModel, task, cfg: TrainConfig, device: str | torch.device =
     end = cfg.max_steps if cfg.stop_after is None else min(cfg.max_steps, cfg.stop_after)
     bar = tqdm(range(start, end), initial=start, total=cfg.max_steps, disable=not cfg.progress or rank != 0,
                desc="train", dynamic_ncols=True)
-    progress = {"done": start}  # the last finished step, for an interrupted run
+    progress = {"done": start, "ema": ema}  # the last finished step, for an interrupted run
     if ckpt is not None:        # metrics.jsonl's tokens and elapsed_s go on from where the run stopped
         state = json.loads((ckpt / "trainer_state.json").read_text())
         progress.update(tokens=state.get("tokens", 0), elapsed_s=state.get("elapsed_s", 0.0))
     try:
-        return _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress)
+        metrics = _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokenizer, progress)
+        if ema is not None:  # what the recipe saves is the average
+            ema.copy_to(unwrap(wrapped))
+        return metrics
     except KeyboardInterrupt:
         if world == 1 and progress["done"] > start and not progress.get("updating"):
             # keep the work: one more atomic checkpoint of the last finished step, then stop
@@ -411,6 +459,8 @@ def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokeniz
         for o in opts:
             o.step()
             o.zero_grad(set_to_none=True)
+        if progress["ema"] is not None:
+            progress["ema"].update(unwrap(wrapped))
         progress["updating"] = False
         if world > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -426,7 +476,8 @@ def _loop(wrapped, opts, task, cfg, device, rank, world, rows, bar, log, tokeniz
         out_of_time = cfg.max_time_s is not None and time.time() - t0 + step_s > cfg.max_time_s
         if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_steps or out_of_time:
             te = time.time()
-            rec = {**(rec or {"step": done}), **evaluate(wrapped, task, device, cfg.bf16)}
+            with progress["ema"].applied(unwrap(wrapped)) if progress["ema"] is not None else nullcontext():
+                rec = {**(rec or {"step": done}), **evaluate(wrapped, task, device, cfg.bf16)}
             t0 += time.time() - te
         if rec and log:
             log.write(json.dumps(rec) + "\n")

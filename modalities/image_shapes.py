@@ -336,18 +336,31 @@ def held_out_prompts(seed: int = 0, per_task: int = 24) -> list[str]:
     each built from held-out combinations (colour-shape pairs; position: colour pair on an axis).
     Colourless tasks have few distinct prompts ("a circle", "a circle and a square", ...): they
     cycle, and their images are only held out on the generator's side. Fixed by ``seed``."""
-    rng = np.random.default_rng([seed, 2])
-    held = sorted(HELD_OUT_PAIRS)
-    pairs2 = [(a, b) for a, b in itertools.permutations(itertools.product(COLOURS, SHAPES), 2)
-              if a[0] != b[0] and a[1] != b[1] and (a in HELD_OUT_PAIRS or b in HELD_OUT_PAIRS)]
-    rel = [(a, b, r) for a, b in itertools.permutations(itertools.product(COLOURS, SHAPES), 2)
-           for r in RELATIONS if (a[1] != b[1] or a[0] != b[0])
-           and (frozenset((a[0], b[0])), AXIS[r]) in HELD_OUT_RELATIONS]
+    return _eval_prompts(seed, per_task, held_out=True)
+
+
+def seen_prompts(seed: int = 0, per_task: int = 24) -> list[str]:
+    """Like :func:`held_out_prompts`, built only from combinations that training does contain
+    (no held-out colour-shape pair, no held-out colour pair on a relation's axis): the seen score
+    that the held-out score is compared with (issue 19). The colourless tasks are the same prompts."""
+    return _eval_prompts(seed, per_task, held_out=False)
+
+
+def _eval_prompts(seed: int, per_task: int, held_out: bool) -> list[str]:
+    rng = np.random.default_rng([seed, 2] if held_out else [seed, 3])
+    objs = list(itertools.product(COLOURS, SHAPES))
+    pairs = sorted(HELD_OUT_PAIRS) if held_out else [o for o in objs if o not in HELD_OUT_PAIRS]
+    held_rel = lambda a, b, r: (frozenset((a[0], b[0])), AXIS[r]) in HELD_OUT_RELATIONS  # noqa: E731
+    pairs2 = [(a, b) for a, b in itertools.permutations(objs, 2)
+              if a[0] != b[0] and a[1] != b[1] and (a in HELD_OUT_PAIRS or b in HELD_OUT_PAIRS) == held_out]
+    rel = [(a, b, r) for a, b in itertools.permutations(objs, 2) for r in RELATIONS if (a[1] != b[1] or a[0] != b[0])
+           and (held_rel(a, b, r) if held_out else
+                not held_rel(a, b, r) and a not in HELD_OUT_PAIRS and b not in HELD_OUT_PAIRS)]
     cands = {
         "single_object": [Spec((Obj(s),)) for s in SHAPES],
         "two_object": [Spec((Obj(a), Obj(b))) for a, b in itertools.combinations(SHAPES, 2)],
-        "counting": [Spec((Obj(s, c, k),)) for c, s in held for k in (2, 3, 4)],
-        "colors": [Spec((Obj(s, c),)) for c, s in held],
+        "counting": [Spec((Obj(s, c, k),)) for c, s in pairs for k in (2, 3, 4)],
+        "colors": [Spec((Obj(s, c),)) for c, s in pairs],
         "position": [Spec((Obj(a[1], a[0]), Obj(b[1], b[0])), r) for a, b, r in rel],
         "color_attr": [Spec((Obj(a[1], a[0]), Obj(b[1], b[0]))) for a, b in pairs2],
     }

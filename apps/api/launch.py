@@ -19,10 +19,10 @@ import sys
 from pathlib import Path
 
 from apps.api.server import Limits, build_app
+from apps.t2i import DEFAULT_CHECKPOINT as DEFAULT_IMAGE
 from apps.api.workers import ForecastWorker, ImageWorker, SpeechWorker, TokenWorker, checkpoint_kind
 
-DEFAULT_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif",
-                  "assets/t2i-shapes", "assets/speech-tts", "assets/forecast-zeroshot")
+DEFAULT_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif", DEFAULT_IMAGE, "assets/speech-tts", "assets/forecast-zeroshot")
 
 
 def load_workers(folders, device: str = "cpu", limits: Limits | None = None, skip_missing: bool = False) -> dict:

@@ -1,10 +1,10 @@
 """Images app: text-to-image (a gallery) and captioning (upload an image, get a caption) on one
 checkpoint.
 
-    python -m apps.t2i.app --model assets/t2i-shapes[,assets/t2i-shapes-flow,...] [--host 127.0.0.1] [--port 7860]
+    python -m apps.t2i.app --model assets/t2i-shapes-p8[,assets/t2i-digits,...] [--host 127.0.0.1] [--port 7860]
 
-Several checkpoints (comma-separated) fill the order and head menus: a generation order and a
-head are properties of a trained checkpoint, so picking them picks the checkpoint.
+Several checkpoints (comma-separated) fill the Model menu (named by folder, order, head and data);
+the first is the default and does the captioning.
 
 ``build_demo(model)`` does no work until an event fires. Bad input (an empty prompt, words the
 grammar does not know, a non-image upload, a huge image, out-of-range settings) ends as a
@@ -23,10 +23,13 @@ import gradio as gr
 import numpy as np
 
 from apps.serving import check_checkpoint, in_range, serve, user_errors
+from apps.t2i import DEFAULT_CHECKPOINT
 from apps.t2i.model import ImageModel, read_image
 
-DEFAULT_MODEL = "assets/t2i-shapes,assets/t2i-shapes-flow,assets/t2i-shapes-mar"  # the first: default pair, captions
-TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes.yaml"
+# the Model menu, the first (the best on GenEval-lite) the default and the captioner
+DEFAULT_MODEL = ",".join([DEFAULT_CHECKPOINT, "assets/t2i-shapes-flow", "assets/t2i-shapes", "assets/t2i-shapes-mar",
+                          "assets/t2i-digits"])
+TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes_p8.yaml"
 MAX_UPLOAD_BYTES = 10 << 20
 SHOW_PX = 192  # generated 32x32 images are shown enlarged (nearest neighbour: crisp pixels)
 
@@ -38,29 +41,37 @@ def _show(images) -> list[np.ndarray]:
     return [im.repeat(k, 0).repeat(k, 1) for im in arr]
 
 
-def _kind(model) -> tuple[str, str]:
+def label(model, folder=None) -> str:
+    """A checkpoint's name in the Model menu: its folder, order, head and data, e.g.
+    "t2i-shapes (raster/diffusion, shapes)"."""
     meta = model.model.config["meta"]
-    return meta.get("order", "raster"), meta.get("head", "diffusion")
+    name = Path(folder).name if folder else "model"
+    return f"{name} ({meta.get('order', 'raster')}/{meta.get('head', 'diffusion')}, {meta.get('data', 'shapes')})"
 
 
-def _by_kind(models) -> dict:
+def _menu(models) -> dict:
+    """An ImageModel, a list of them, or {label: ImageModel} -> {label: ImageModel}, in order."""
+    if isinstance(models, dict):
+        return dict(models)
     models = models if isinstance(models, (list, tuple)) else [models]
-    return {_kind(m): m for m in models}
+    out = {}
+    for i, m in enumerate(models):
+        name = label(m)
+        out[name if name not in out else f"{name} #{i + 1}"] = m
+    return out
 
 
 def make_generate_fn(models):
-    """models: an ImageModel or a list of them (one per order x head)."""
-    table = _by_kind(models)
+    """models: an ImageModel, a list of them or {menu label: ImageModel} (one per checkpoint)."""
+    table = _menu(models)
 
     @user_errors("Cannot generate", "generation")
-    def generate(prompt, n, steps, cfg, temperature, seed, order, head, passes=16):
-        model = table.get((order, head))
+    def generate(prompt, n, steps, cfg, temperature, seed, choice=None, passes=16):
+        model = table.get(choice or next(iter(table)))
         if model is None:
-            have = ", ".join(f"{o}/{h}" for o, h in table)
-            raise ValueError(f"no loaded checkpoint generates in {order!r} order with a {head!r} head "
-                             f"(loaded: {have}); that pair needs a checkpoint trained for it")
+            raise ValueError(f"no loaded checkpoint is called {choice!r}; loaded: {', '.join(table)}")
         n = in_range("number of images", n, 1, 16)
-        kw = {"passes": in_range("passes", passes, 1, model.tok.n_tokens)} if order == "mar" else {}
+        kw = {"passes": in_range("passes", passes, 1, model.tok.n_tokens)} if model.order == "mar" else {}
         images = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
                                      cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
                                      temperature=in_range("temperature", temperature, 0, 2, whole=False),
@@ -81,36 +92,60 @@ def make_caption_fn(model):
     return caption
 
 
+# gr.Examples of the Text to image tab: several prompts of each GenEval-lite task (shapes grammar),
+# and of the digits grammar for the digits checkpoint
+EXAMPLES = {
+    "single object": ["a circle", "a triangle"],
+    "two objects": ["a square and a cross", "a circle and a triangle"],
+    "counting": ["three green triangles", "two blue squares", "four red circles"],
+    "colour": ["a yellow square", "a purple circle", "an orange cross"],
+    "position": ["a red circle to the left of a blue square", "a green cross above a yellow circle",
+                 "a purple square below an orange triangle"],
+    "colour binding": ["a red circle and a blue square", "a yellow cross and a green triangle"],
+    "digits": ["the digit 3", "the digit 7"],
+}
+CAPTION_EXAMPLES = "assets/examples"   # small renders of the shapes world (held-out scenes among them)
+
+
+def caption_examples(folder=CAPTION_EXAMPLES) -> list[str]:
+    """The example images of the Caption tab (PNG paths), [] when the folder is absent."""
+    folder = Path(folder)
+    return [str(p) for p in sorted(folder.glob("shapes_*.png"))] if folder.is_dir() else []
+
+
 def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
-    """The images app as a Blocks (not launched). ``models``: an apps.t2i.model.ImageModel or a list of
-    them; the first is the default and does the captioning."""
-    table = _by_kind(models)
-    model = next(iter(table.values()))
+    """The images app as a Blocks (not launched). ``models``: an apps.t2i.model.ImageModel, a list
+    of them or {menu label: ImageModel}; the first is the default and does the captioning."""
+    table = _menu(models)
+    first = next(iter(table))
+    model = table[first]
     meta = model.model.config["meta"]
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
         gr.Markdown(f"### Text to image and captioning, one model\nA {model.model.num_params() / 1e6:.1f}M-parameter "
                     f"backbone with an LM head and a {meta.get('head', 'diffusion')} head over continuous "
                     f"{model.tok.patch}x{model.tok.patch} pixel patches ({meta.get('order', 'raster')} order). "
                     "Prompts use the shapes grammar: e.g. *a red circle to the left of a blue square*, "
-                    "*three green triangles*.")
+                    "*three green triangles*; the digits checkpoint takes *the digit 3*.")
         with gr.Tab("Text to image"):
             with gr.Row():
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(label="Prompt", value="a red circle to the left of a blue square",
                                         elem_id="t2i-prompt", max_length=300)
+                    choice = gr.Dropdown(list(table), value=first, label="Model", elem_id="t2i-model",
+                                         info="the first is the best-scoring checkpoint on GenEval-lite")
                     go = gr.Button("Generate images", variant="primary")
+                    gr.Examples([[p] for ps in EXAMPLES.values() for p in ps], [prompt], label="Example prompts "
+                                "(single object, two objects, counting, colour, position, colour binding, digits)",
+                                examples_per_page=20)
                 with gr.Column(scale=1):
                     n = gr.Slider(1, 16, value=4, step=1, label="Images")
                     steps = gr.Slider(1, 100, value=25, step=1, label="Denoising steps")
                     cfg = gr.Slider(0.0, 10.0, value=3.0, step=0.5, label="CFG scale", info="1 = off")
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                     seed = gr.Number(value=0, label="Seed")
-                    order = gr.Dropdown(sorted({o for o, _ in table}), value=meta.get("order", "raster"), label="Order")
-                    head = gr.Dropdown(sorted({h for _, h in table}), value=meta.get("head", "diffusion"), label="Head")
                     passes = gr.Slider(1, model.tok.n_tokens, value=16, step=1, label="Passes (masked order)")
             gallery = gr.Gallery(label="Images", columns=4, height=420, elem_id="t2i-gallery")
-            go.click(make_generate_fn(list(table.values())), [prompt, n, steps, cfg, temperature, seed, order, head,
-                                                              passes], [gallery],
+            go.click(make_generate_fn(table), [prompt, n, steps, cfg, temperature, seed, choice, passes], [gallery],
                      api_name="t2i", concurrency_limit=4, concurrency_id="omniar-image-model")
         with gr.Tab("Caption"):
             with gr.Row():
@@ -119,6 +154,8 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
                 seen = gr.Image(label="What the model sees (32x32)", interactive=False)
             cap_btn = gr.Button("Caption", variant="primary")
             text = gr.Textbox(label="Caption", elem_id="caption-text", interactive=False)
+            if caption_examples():
+                gr.Examples(caption_examples(), [upload], label="Example images")
             cap_btn.click(make_caption_fn(model), [upload], [text, seen], api_name="caption",
                           concurrency_limit=4, concurrency_id="omniar-image-model")
     return demo
@@ -131,8 +168,9 @@ def load_app(folders: str | os.PathLike, device: str = "cpu") -> gr.Blocks:
     for folder in str(folders).split(","):
         folder = check_checkpoint(folder.strip(), "text-to-image", TRAIN_COMMAND,
                                   files=("config.json", "model.safetensors", "vocab.json"))
-        models.append(ImageModel.from_pretrained(str(folder), device=device))
-    return build_demo(models)
+        m = ImageModel.from_pretrained(str(folder), device=device)
+        models.append((label(m, folder), m))
+    return build_demo(dict(models))
 
 
 def main(argv=None) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-GOOD = dict(prompt="a red circle", n=2, steps=2, cfg=3.0, temperature=1.0, seed=0, order="raster", head="diffusion")
+GOOD = dict(prompt="a red circle", n=2, steps=2, cfg=3.0, temperature=1.0, seed=0, choice="model (raster/diffusion, shapes)")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,7 @@ def test_generate_returns_a_gallery(model):
     (dict(n=0), "number of images must be a whole number from 1 to 16"),
     (dict(steps=float("nan")), "steps must be"),
     (dict(cfg="strong"), "CFG scale must be a number"),
-    (dict(order="next-scale"), "needs a checkpoint trained for it"),
-    (dict(head="flow"), "no loaded checkpoint generates in 'raster' order with a 'flow' head (loaded: raster/diffusion)"),
+    (dict(choice="t2i-nope"), "no loaded checkpoint is called 't2i-nope'; loaded: model (raster/diffusion, shapes)"),
 ])
 def test_bad_input_is_a_clear_error(model, bad, message):
     import gradio as gr
@@ -66,9 +65,26 @@ def test_caption_upload(model, tmp_path):
         cap(None)
 
 
+def test_model_menu_examples_and_caption_examples(model):
+    """One menu entry per checkpoint (so the digits model is selectable beside the shapes ones),
+    example prompts of every task, and example images for the Caption tab."""
+    from apps.t2i.app import EXAMPLES, build_demo, caption_examples, make_generate_fn
+    menu = {"a (raster/diffusion, shapes)": model, "b (raster/diffusion, digits)": model}
+    assert len(make_generate_fn(menu)(*{**GOOD, "choice": "b (raster/diffusion, digits)"}.values())) == 2
+    assert {"single object", "two objects", "counting", "colour", "position", "colour binding"} <= set(EXAMPLES)
+    assert all(len(v) >= 2 for v in EXAMPLES.values())
+    from modalities.image_shapes import parse_caption
+    for task, prompts in EXAMPLES.items():
+        for p in prompts if task != "digits" else ():
+            parse_caption(p)                     # every shapes example is in the grammar
+    shots = caption_examples()
+    assert len(shots) >= 3
+    build_demo(menu)
+
+
 def test_missing_checkpoint_names_the_training_command(tmp_path):
     from apps.t2i.app import load_app
-    with pytest.raises(FileNotFoundError, match="omniar train t2i --config configs/t2i_shapes.yaml"):
+    with pytest.raises(FileNotFoundError, match="omniar train t2i --config configs/t2i_shapes_p8.yaml"):
         load_app(tmp_path / "nope")
 
 

@@ -278,3 +278,69 @@ def test_trainer_settings_from_yaml_strings():
     assert cfg.lr == 6e-4 and cfg.max_steps == 10 and cfg.max_time_s == 1500.0
     with pytest.raises(ValueError, match="lr must be a number"):
         TrainConfig.from_dict({"lr": "fast"})
+
+
+def test_ema_is_what_ships_and_resume_keeps_it_exact(tmp_path):
+    """With ``ema``, the trained model holds the average, the shadow follows the warmed-up decay,
+    each checkpoint has an ema/ model folder, and an interrupted run resumes to the same average."""
+    from backbone.container import OmniModel
+    from backbone.ema import EMA
+    from backbone.train import train
+    cfg = lambda d, **kw: TrainConfig(out_dir=str(tmp_path / d), max_steps=6, batch_size=8, warmup_steps=1,  # noqa: E731
+                                      eval_every=0, ckpt_every=2, progress=False, ema=0.5, **kw)
+    ref = _tiny_model()
+    train(ref, _FixedTask(32, 1), cfg("ref"))
+    # the same run without EMA, averaging by hand: decay min(0.5, (1+n)/(10+n)) = (1+n)/(10+n) here
+    raw = _tiny_model()
+    shadow = {k: v.clone() for k, v in raw.named_parameters()}
+    import backbone.train as T
+    real_update = EMA.update
+
+    def spy(self, model):
+        real_update(self, model)
+        n = self.updates
+        d = min(0.5, (1 + n) / (10 + n))
+        for k, p in model.named_parameters():
+            shadow[k].mul_(d).add_(p.detach(), alpha=1 - d)
+    T.EMA.update = spy
+    try:
+        train(raw, _FixedTask(32, 1), cfg("spy"))
+    finally:
+        T.EMA.update = real_update
+    for k, p in ref.named_parameters():
+        torch.testing.assert_close(p, shadow[k], atol=1e-6, rtol=1e-5, msg=k)
+    ckpt = latest_checkpoint(tmp_path / "ref")
+    ema_folder = OmniModel.from_pretrained(ckpt / "ema")
+    for (k, a), b in zip(ref.state_dict().items(), ema_folder.state_dict().values()):
+        assert torch.equal(a, b), k
+    # killed after step 4 (last checkpoint), resumed: the same average, bit for bit
+    model = _tiny_model()
+    train(model, _FixedTask(32, 1), cfg("run", stop_after=5))
+    model = _tiny_model()
+    train(model, _FixedTask(32, 1), cfg("run"), resume=True)
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="ema must be in"):
+        TrainConfig(ema=1.0)
+
+
+def test_muon_float32_newton_schulz_matches_torch():
+    """The float32 iteration used on CPUs without bf16 is torch's own, up to bf16 rounding."""
+    import torch.optim._muon as M
+    from backbone.train import _newton_schulz_fp32
+    g = torch.randn(96, 40, generator=torch.Generator().manual_seed(0))
+    ref = M.__dict__.get("_zeropower_via_newtonschulz")
+    kw = dict(ns_coefficients=(3.4445, -4.775, 2.0315), ns_steps=5, eps=1e-7)
+    ours = _newton_schulz_fp32(g, **kw)
+    assert ours.dtype == g.dtype and ours.shape == g.shape
+    # against the same iteration written out in float64
+    x = g.double().T / g.double().norm()
+    for _ in range(5):
+        a = x @ x.T
+        x = 3.4445 * x + (-4.775 * a + 2.0315 * a @ a) @ x
+    torch.testing.assert_close(ours.double(), x.T, atol=1e-4, rtol=1e-4)
+    if ref is not None and ref is not _newton_schulz_fp32:
+        torch.testing.assert_close(ours, ref(g, **kw).float(), atol=0.05, rtol=0.05)
+    # orthogonalised: singular values near 1 (the quintic's band is roughly 0.7-1.2)
+    s = torch.linalg.svdvals(ours)
+    assert 0.5 < float(s.min()) and float(s.max()) < 1.3
