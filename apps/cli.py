@@ -219,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale (1 = off)")
     ti.add_argument("--temperature", type=float, default=1.0)
     ti.add_argument("--seed", type=int, default=0)
+    ti.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per image and keep the "
+                    "one the model's own captioning scores likeliest for the prompt (default %(default)s: off)")
     ti.add_argument("--device", default="cpu")
     ti.set_defaults(fn=_t2i)
 

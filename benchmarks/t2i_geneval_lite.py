@@ -37,7 +37,8 @@ from benchmarks.t2i_unet import load_unet  # noqa: E402
 from modalities.image_shapes import held_out_prompts, make_dataset, parse_caption, render, seen_prompts  # noqa: E402
 
 
-def _score(m, prompts, a, seed, sched, kw) -> tuple[dict, float, torch.Tensor]:
+def _score(m, prompts, a, seed, sched, kw, rerank=1) -> tuple[dict, float, torch.Tensor]:
+    kw = {**kw, **({"rerank": rerank} if rerank > 1 else {})}
     t = time.time()
     images = torch.cat([m.text_to_image(prompts[i:i + a.batch], steps=a.steps, cfg=a.cfg, temperature=a.temperature,
                                         seed=seed + i, cfg_schedule=sched, **kw)
@@ -62,6 +63,8 @@ def main():
                     "training contains, scored separately")
     ap.add_argument("--sample-seeds", type=int, nargs="+", default=[0, 1],
                     help="sampling seeds: rows give the mean over them and the spread (max - min)")
+    ap.add_argument("--rerank", type=int, nargs="+", default=[1], help="best-of-K reranking by the model's own "
+                    "captioning (ImageModel.text_to_image(rerank=K)); one row per value (the UNet: 1 only)")
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--seed", type=int, default=0, help="the prompts' seed")
     ap.add_argument("--save-grid", help="write a PNG of the first model's held-out images here")
@@ -92,19 +95,21 @@ def main():
         models.append(("baseline UNet2DConditionModel DDPM", a.unet, load_unet(a.unet), {}))
     for name, path, m, kw in models:
         m.text_to_image(prompt_sets["held_out"][:2], steps=2, cfg=a.cfg, **kw)  # warm-up
-        for sched in a.cfg_schedule:
-            for split in a.splits:
-                runs = [_score(m, prompt_sets[split], a, s, sched, kw) for s in a.sample_seeds]
-                if a.save_grid and split == "held_out" and not any("grid" in r for r in rows):
-                    save_images(runs[0][2], a.save_grid, nrow=a.per_task)
-                    rows[-1]["grid"] = a.save_grid
-                overall = [r[0]["overall"] for r in runs]
-                passes = f", {kw['passes']} passes" if kw else ""
-                rows.append({"method": f"{name}{passes}, CFG {a.cfg} {sched} ({path})", "split": split,
-                             **{t: float(np.mean([r[0][t] for r in runs])) for t in tasks},
-                             "overall": float(np.mean(overall)), "spread": max(overall) - min(overall),
-                             "per_seed": overall, "s_per_image": float(np.mean([r[1] for r in runs])), **kw})
-                print(rows[-1], flush=True)
+        for sched, rerank, split in ((c, r, s) for c in a.cfg_schedule for r in a.rerank for s in a.splits):
+            if rerank > 1 and not isinstance(m, ImageModel):
+                continue
+            runs = [_score(m, prompt_sets[split], a, s, sched, kw, rerank) for s in a.sample_seeds]
+            overall = [r[0]["overall"] for r in runs]
+            passes = f", {kw['passes']} passes" if kw else ""
+            best = f", best of {rerank}" if rerank > 1 else ""
+            rows.append({"method": f"{name}{passes}{best}, CFG {a.cfg} {sched} ({path})", "split": split,
+                         **{t: float(np.mean([r[0][t] for r in runs])) for t in tasks},
+                         "overall": float(np.mean(overall)), "spread": max(overall) - min(overall),
+                         "per_seed": overall, "s_per_image": float(np.mean([r[1] for r in runs])), **kw})
+            if a.save_grid and split == "held_out" and not any("grid" in r for r in rows):
+                save_images(runs[0][2], a.save_grid, nrow=a.per_task)        # one row of images per task
+                rows[-1]["grid"] = a.save_grid
+            print(rows[-1], flush=True)
     cols = ["method", "split", *tasks, "overall", "spread", "s_per_image"]
     print()
     print_table(rows, cols)

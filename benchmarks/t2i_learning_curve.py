@@ -8,8 +8,12 @@ One run gives every point, so a point is the model *at* that time in a run whose
 schedule was set for the whole budget (mid-schedule weights), not a separate run with that
 budget; the EMA makes those mid-run weights fair to sample from.
 
-    python benchmarks/t2i_learning_curve.py runs/t2i_shapes_v2 [--per-task 24] [--captions 300]
-        [--plot benchmarks/results/t2i_learning_curve.png]
+    python benchmarks/t2i_learning_curve.py RUN[@MINUTES] ... [--point NAME=FOLDER@MINUTES ...]
+        [--per-task 24] [--captions 300] [--plot benchmarks/results/t2i_learning_curve.png]
+
+``@MINUTES`` shifts a run that started from a trained checkpoint (``model.init_from``) by that
+checkpoint's training time; ``--point`` adds a finished model (e.g. that starting checkpoint) to
+the curve of the first run.
 """
 from __future__ import annotations
 
@@ -43,49 +47,60 @@ def evaluate(folder, prompts, renders, truth, kinds, steps: int = 25, cfg: float
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", help="a training run's out_dir (its ckpt/step_* folders are scored)")
+    ap.add_argument("runs", nargs="+", help="training runs' out_dir[@minutes before it] (ckpt/step_* are scored)")
+    ap.add_argument("--point", action="append", default=[], help="NAME=FOLDER@MINUTES: one more model on the "
+                    "first run's curve")
+    ap.add_argument("--include", action="append", default=[], help="rows of an earlier result JSON of this script "
+                    "(another run's curve, scored the same way) to plot and table beside these")
     ap.add_argument("--per-task", type=int, default=24)
     ap.add_argument("--captions", type=int, default=300)
     ap.add_argument("--plot", default="benchmarks/results/t2i_learning_curve.png")
     ap.add_argument("--out", default="t2i_learning_curve", help="result name under benchmarks/results/")
     a = ap.parse_args()
     torch.manual_seed(0)
-    ckpts = sorted(p for p in (Path(a.run) / "ckpt").glob("step_*") if not p.name.endswith(".tmp"))
-    if not ckpts:
-        sys.exit(f"no checkpoints in {a.run}/ckpt")
     prompts = held_out_prompts(0, a.per_task)
     test = make_dataset(a.captions, "test", 0, full_captions=True)
     truth, kinds = [c for c, _, _ in test], [task_of(s) for _, s, _ in test]
     renders = torch.tensor(np.stack([im for _, _, im in test])).permute(0, 3, 1, 2).float() / 255
-    rows = []
-    for c in ckpts:
-        state = json.loads((c / "trainer_state.json").read_text())
-        folder = c / "ema" if (c / "ema").is_dir() else c
-        rows.append({"step": state["step"], "minutes": round(state.get("elapsed_s", 0.0) / 60, 1),
-                     "weights": folder.name if folder != c else "raw",
-                     **evaluate(folder, prompts, renders, truth, kinds)})
-        print(rows[-1], flush=True)
-    print_table(rows, ["step", "minutes", "weights", *TASKS, "overall", "caption_exact"])
-    _plot(rows, a.plot, a.run)
-    print("wrote", write_result(a.out, {"run": a.run, "rows": rows, "plot": a.plot,
+    rows = [r for f in a.include for r in json.loads(Path(f).read_text())["rows"]]
+    for i, spec in enumerate(a.runs):
+        run, _, offset = spec.partition("@")
+        ckpts = sorted(p for p in (Path(run) / "ckpt").glob("step_*") if not p.name.endswith(".tmp"))
+        if not ckpts:
+            sys.exit(f"no checkpoints in {run}/ckpt")
+        points = [(name, Path(f), float(m)) for name, fm in (p.split("=", 1) for p in a.point)
+                  for f, m in [fm.rsplit("@", 1)]] if i == 0 else []
+        for c in ckpts:
+            state = json.loads((c / "trainer_state.json").read_text())
+            points.append((f"step {state['step']}", c / "ema" if (c / "ema").is_dir() else c,
+                           float(offset or 0) + state.get("elapsed_s", 0.0) / 60))
+        for name, folder, minutes in points:
+            rows.append({"run": Path(run).name, "model": name, "minutes": round(minutes, 1),
+                         "weights": "ema" if folder.name == "ema" else "raw",
+                         **evaluate(folder, prompts, renders, truth, kinds)})
+            print(rows[-1], flush=True)
+    print_table(rows, ["run", "model", "minutes", "weights", *TASKS, "overall", "caption_exact"])
+    _plot(rows, a.plot)
+    print("wrote", write_result(a.out, {"runs": a.runs, "rows": rows, "plot": a.plot,
                                         "note": "points are checkpoints of one run (mid-schedule weights)"}))
 
 
-def _plot(rows: list[dict], path: str, run: str):
+def _plot(rows: list[dict], path: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    x = [r["minutes"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["overall"] for r in rows], "o-", label="GenEval-lite overall (held-out prompts)")
-    ax.plot(x, [r["caption_exact"] for r in rows], "s-", label="caption exact match (held-out renders)")
-    for t in ("position", "color_attr"):
-        ax.plot(x, [r[t] for r in rows], ":", alpha=0.7, label=f"GenEval-lite {t}")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for j, run in enumerate(dict.fromkeys(r["run"] for r in rows)):
+        rs = sorted((r for r in rows if r["run"] == run), key=lambda r: r["minutes"])
+        x = [r["minutes"] for r in rs]
+        ax.plot(x, [r["overall"] for r in rs], "o-", color=f"C{2 * j}", label=f"{run}: GenEval-lite (held-out prompts)")
+        ax.plot(x, [r["caption_exact"] for r in rs], "s--", color=f"C{2 * j + 1}",
+                label=f"{run}: caption exact match (held-out renders)")
     ax.set_xlabel("training minutes (2 CPU cores)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"text-to-image learning curve ({Path(run).name})", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.set_title("text-to-image and captioning against training time", fontsize=10)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,7 +1,7 @@
 """Images app: text-to-image (a gallery) and captioning (upload an image, get a caption) on one
 checkpoint.
 
-    python -m apps.t2i.app --model assets/t2i-shapes-p8[,assets/t2i-digits,...] [--host 127.0.0.1] [--port 7860]
+    python -m apps.t2i.app --model assets/t2i-shapes-flow-long[,assets/t2i-digits,...] [--host 127.0.0.1] [--port 7860]
 
 Several checkpoints (comma-separated) fill the Model menu (named by folder, order, head and data);
 the first is the default and does the captioning.
@@ -24,12 +24,12 @@ import numpy as np
 
 from apps.serving import check_checkpoint, in_range, serve, user_errors
 from apps.t2i import DEFAULT_CHECKPOINT
-from apps.t2i.model import ImageModel, read_image
+from apps.t2i.model import MAX_RERANK, ImageModel, read_image
 
 # the Model menu, the first (the best on GenEval-lite) the default and the captioner
 DEFAULT_MODEL = ",".join([DEFAULT_CHECKPOINT, "assets/t2i-shapes-flow", "assets/t2i-shapes", "assets/t2i-shapes-mar",
                           "assets/t2i-digits"])
-TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes_p8.yaml"
+TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes_flow_long.yaml"
 MAX_UPLOAD_BYTES = 10 << 20
 SHOW_PX = 192  # generated 32x32 images are shown enlarged (nearest neighbour: crisp pixels)
 
@@ -66,7 +66,7 @@ def make_generate_fn(models):
     table = _menu(models)
 
     @user_errors("Cannot generate", "generation")
-    def generate(prompt, n, steps, cfg, temperature, seed, choice=None, passes=16):
+    def generate(prompt, n, steps, cfg, temperature, seed, choice=None, passes=16, rerank=1):
         model = table.get(choice or next(iter(table)))
         if model is None:
             raise ValueError(f"no loaded checkpoint is called {choice!r}; loaded: {', '.join(table)}")
@@ -75,7 +75,8 @@ def make_generate_fn(models):
         images = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
                                      cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
                                      temperature=in_range("temperature", temperature, 0, 2, whole=False),
-                                     seed=in_range("seed", seed, 0, 2**62), **kw)
+                                     seed=in_range("seed", seed, 0, 2**62),
+                                     rerank=in_range("best of", rerank, 1, MAX_RERANK), **kw)
         return [(im, f"{prompt} #{i + 1}") for i, im in enumerate(_show(images))]
     return generate
 
@@ -144,8 +145,11 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
                     temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
                     seed = gr.Number(value=0, label="Seed")
                     passes = gr.Slider(1, model.tok.n_tokens, value=16, step=1, label="Passes (masked order)")
+                    rerank = gr.Slider(1, 8, value=1, step=1, label="Best of", info="draw this many per image; "
+                                       "the model's own captioning keeps the one that fits the prompt best")
             gallery = gr.Gallery(label="Images", columns=4, height=420, elem_id="t2i-gallery")
-            go.click(make_generate_fn(table), [prompt, n, steps, cfg, temperature, seed, choice, passes], [gallery],
+            go.click(make_generate_fn(table), [prompt, n, steps, cfg, temperature, seed, choice, passes, rerank],
+                     [gallery],
                      api_name="t2i", concurrency_limit=4, concurrency_id="omniar-image-model")
         with gr.Tab("Caption"):
             with gr.Row():

@@ -53,12 +53,29 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
         adapter_kw, order_kw = blocks.adapter_kwargs(order, tok.n_side), blocks.order_options(order, cfg.get("order_kw"))
     else:
         adapter_kw, order_kw = {"n_patches": tok.n_tokens, **({"mask_token": True} if order == "mar" else {})}, {}
-    return OmniModel.build(
+    model = OmniModel.build(
         args, heads={"lm": part(LMHead, dim=args.dim, vocab_size=vocab.vocab_size),
                      "image": part(HEADS[kind], dim=args.dim, token_dim=tok.token_dim, **head_kw)},
         adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, **adapter_kw)},
         meta={"task": "t2i", "order": order, "head": kind, "image": tokenizer_config(tok),
               "data": cfg.get("data", {}).get("kind", "shapes"), **({"order_kw": order_kw} if order_kw else {})})
+    if m.get("init_from"):
+        init_weights(model, vocab, m["init_from"])
+    return model
+
+
+def init_weights(model: OmniModel, vocab: WordVocab, folder):
+    """``model.init_from``: start from a trained checkpoint's weights (to train it longer, on a
+    new schedule). The config must build the same architecture and vocabulary; ValueError if not."""
+    src = OmniModel.from_pretrained(folder)
+    if WordVocab.load(folder).itos != vocab.itos:
+        raise ValueError(f"model.init_from {folder}: its vocabulary differs from the recipe's")
+    for part_ in ("backbone", "heads", "adapters"):
+        if src.config[part_] != model.config[part_]:
+            raise ValueError(f"model.init_from {folder}: its {part_} config differs from this config's; "
+                             "copy the model:, head: and image: settings of the config that trained it")
+    model.load_state_dict(src.state_dict(), strict=True)
+    model.config["meta"]["init_from"] = str(folder)
 
 
 class ShapesT2ITask:

@@ -12,6 +12,8 @@ from apps.cli import check_device, main
     (["generate", "x", "--temperature", "nan"], "finite number"),
     (["t2i", "x", "-o", "x.png", "--temperature", "inf"], "temperature in"),
     (["t2i", "x", "-o", "x.png", "--cfg", "1e9"], "cfg in"),
+    (["t2i", "x", "-o", "x.png", "--rerank", "0"], "--rerank must be in [1, 16]"),
+    (["t2i", "x", "-o", "x.png", "--rerank", "99"], "--rerank must be in [1, 16]"),
 ])
 def test_bad_settings_get_one_line(argv, match, capsys):
     assert main(argv) == 2

@@ -180,3 +180,41 @@ def test_latent_tokenizer_option_trains_saves_and_generates(tmp_path):
     assert x.shape == (1, 3, 32, 32) and len(m.caption(x)) == 1
     with pytest.raises(ValueError, match="unknown image tokenizer"):
         make_tokenizer({"tokenizer": "vq"})
+
+
+def test_init_from_starts_at_the_checkpoint_and_refuses_another_architecture(tiny_model, tmp_path):
+    """model.init_from (configs/t2i_shapes_flow_long.yaml): the built model holds the checkpoint's
+    weights before any step; a config of another shape is refused by name."""
+    from apps.t2i.data import make_tokenizer
+    from backbone.container import OmniModel
+    cfg = tiny_cfg(tmp_path)
+    cfg["model"]["init_from"] = str(tiny_model)
+    tok = make_tokenizer(cfg["image"])
+    m = recipe.build_model(cfg, WordVocab(grammar_words()), tok)
+    src = OmniModel.from_pretrained(tiny_model)
+    for (k, a), b in zip(src.state_dict().items(), m.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert m.config["meta"]["init_from"] == str(tiny_model)
+    cfg["model"]["args"]["dim"] = 64
+    with pytest.raises(ValueError, match="init_from .*backbone config differs"):
+        recipe.build_model(cfg, WordVocab(grammar_words()), tok)
+
+
+def test_rerank_keeps_the_candidate_its_own_captioning_scores_best(tiny_model):
+    """text_to_image(rerank=K): candidate k is the plain image at seed + 1009 k, and the kept one
+    is the argmax of caption_logprob; rerank=1 is the plain call; bad K is refused."""
+    from apps.t2i.model import RERANK_SEED_STRIDE
+    m = t2i.ImageModel.from_pretrained(tiny_model)
+    prompts = ["a red circle", "two blue squares"]
+    kw = dict(steps=2, cfg=2.0, seed=3)
+    plain = m.text_to_image(prompts, **kw)
+    assert torch.equal(m.text_to_image(prompts, rerank=1, **kw), plain)
+    cands = [m.text_to_image(prompts, **{**kw, "seed": 3 + RERANK_SEED_STRIDE * k}) for k in range(3)]
+    scores = torch.stack([m.caption_logprob(c, prompts) for c in cands])          # (K, B)
+    assert scores.shape == (3, 2) and torch.isfinite(scores).all() and (scores < 0).all()
+    best = m.text_to_image(prompts, rerank=3, **kw)
+    for b in range(2):
+        assert torch.equal(best[b], cands[int(scores[:, b].argmax())][b])
+    for bad in (0, 17, 2.5):
+        with pytest.raises(ValueError, match="rerank must be a whole number from 1 to 16"):
+            m.text_to_image(prompts, rerank=bad, **kw)
