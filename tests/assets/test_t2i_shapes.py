@@ -1,8 +1,8 @@
 """The shipped text-to-image + captioning checkpoints on held-out combinations (fixed seeds).
 
 Measured (benchmarks/t2i_geneval_lite.py, benchmarks/caption_accuracy.py; README, issue 19): the
-default assets/t2i-shapes-flow-long scores GenEval-lite HELD on 144 held-out prompts (2 sampling
-seeds) and CAPS exact-match captions on 300 held-out renders. The thresholds below sit just under
+default assets/t2i-shapes-flow-long scores GenEval-lite 0.465 on 144 held-out prompts (2 sampling
+seeds) and 0.700 exact-match captions on 300 held-out renders. The thresholds below sit just under
 what these smaller subsets measured, and far above what ignoring the input scores (0.035)."""
 import numpy as np
 import torch
@@ -27,16 +27,16 @@ def test_default_checkpoint_geneval_lite_on_held_out_and_seen_prompts():
     held, seen = held_out_prompts(0, per_task=8), seen_prompts(0, per_task=8)
     r = geneval_lite(torch.cat([m.text_to_image(held[i:i + 24], steps=25, cfg=3.0, seed=i) for i in (0, 24)]), held)
     s = geneval_lite(torch.cat([m.text_to_image(seen[i:i + 24], steps=25, cfg=3.0, seed=i) for i in (0, 24)]), seen)
-    assert r["overall"] >= HELD_FLOOR, r                        # measured HELD_HERE here
-    assert r["single_object"] >= 0.6 and r["colors"] >= 0.6, r  # measured SINGLE_HERE and COLORS_HERE here
-    assert s["overall"] >= SEEN_FLOOR, s                        # measured SEEN_HERE here
+    assert r["overall"] >= 0.45, r                       # measured 0.52 here
+    assert r["single_object"] >= 0.8 and r["colors"] >= 0.8, r  # measured 1.0 and 1.0 here
+    assert s["overall"] >= 0.55, s                       # measured 0.65 here
 
 
 def test_default_checkpoint_captions_held_out_renders():
     m = ImageModel.from_pretrained(MODEL)
     images, truth, kinds = _renders(96)
     r = score(m.caption(images), truth, kinds)
-    assert r["exact_match"] >= CAP_FLOOR, r                     # measured CAP_HERE here
+    assert r["exact_match"] >= 0.55, r                     # measured 0.625 here
 
 
 def test_own_captioning_tells_the_right_prompt_from_a_wrong_one():
@@ -45,7 +45,7 @@ def test_own_captioning_tells_the_right_prompt_from_a_wrong_one():
     m = ImageModel.from_pretrained(MODEL)
     images, truth, _ = _renders(64)
     right, wrong = m.caption_logprob(images, truth), m.caption_logprob(images, truth[1:] + truth[:1])
-    assert float((right > wrong).float().mean()) >= 0.9         # measured RANK_HERE here
+    assert float((right > wrong).float().mean()) >= 0.9         # measured 0.97 here
 
 
 def test_issue3_raster_checkpoint_stays_above_the_floor():
