@@ -152,7 +152,8 @@ def _export(a):
     print(f"wrote a Hugging Face {a.arch} folder to {a.out}")
 
 
-SERVE_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif", DEFAULT_IMAGE, "assets/speech-tts", "assets/forecast-zeroshot")
+SERVE_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif", DEFAULT_IMAGE,
+                "assets/speech-tts", "assets/forecast-zeroshot")
 
 
 def launch_args(ap: argparse.ArgumentParser, models=SERVE_MODELS, port: int = 8000):

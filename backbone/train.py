@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.optim._muon as _muon
 from safetensors.torch import load_file, load_model, save_file
 from tqdm.auto import tqdm
 
@@ -141,6 +142,9 @@ def make_optimizers(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.opti
     return opts
 
 
+_TORCH_NEWTON_SCHULZ = _muon._zeropower_via_newtonschulz   # torch's bf16 kernel, before any swap
+
+
 def _newton_schulz_fp32(grad: torch.Tensor, ns_coefficients, ns_steps: int, eps: float) -> torch.Tensor:
     """torch.optim.Muon's quintic Newton-Schulz iteration, the same steps in float32 instead of bf16."""
     a, b, c = ns_coefficients
@@ -160,7 +164,6 @@ def _muon_fp32_on_cpu_without_bf16(params):
     AMX, e.g. many AMD EPYC hosts) emulate ~10x slower than float32: there the optimizer step
     took 2.8 s of a 3.4 s step (issue 19). On such hosts, run the same iteration in float32 (more
     precise, not less); GPUs and bf16-capable CPUs keep torch's kernel."""
-    import torch.optim._muon as _muon
     on_cpu = all(p.device.type == "cpu" for p in params)
     if on_cpu and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         _muon._zeropower_via_newtonschulz = _newton_schulz_fp32

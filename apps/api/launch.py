@@ -19,10 +19,8 @@ import sys
 from pathlib import Path
 
 from apps.api.server import Limits, build_app
-from apps.t2i import DEFAULT_CHECKPOINT as DEFAULT_IMAGE
 from apps.api.workers import ForecastWorker, ImageWorker, SpeechWorker, TokenWorker, checkpoint_kind
-
-DEFAULT_MODELS = ("assets/text-shakespeare", "assets/text-fortunes-bpe", "assets/crystal-cif", DEFAULT_IMAGE, "assets/speech-tts", "assets/forecast-zeroshot")
+from apps.cli import SERVE_MODELS as DEFAULT_MODELS  # one list: `omniar serve`'s default
 
 
 def load_workers(folders, device: str = "cpu", limits: Limits | None = None, skip_missing: bool = False) -> dict:

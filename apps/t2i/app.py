@@ -158,8 +158,9 @@ def build_demo(models, title: str = "OmniAR images") -> gr.Blocks:
                 seen = gr.Image(label="What the model sees (32x32)", interactive=False)
             cap_btn = gr.Button("Caption", variant="primary")
             text = gr.Textbox(label="Caption", elem_id="caption-text", interactive=False)
-            if caption_examples():
-                gr.Examples(caption_examples(), [upload], label="Example images")
+            shots = caption_examples()
+            if shots:
+                gr.Examples(shots, [upload], label="Example images")
             cap_btn.click(make_caption_fn(model), [upload], [text, seen], api_name="caption",
                           concurrency_limit=4, concurrency_id="omniar-image-model")
     return demo

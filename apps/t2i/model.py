@@ -118,18 +118,22 @@ class ImageModel:
         best = scores.argmax(0)
         return torch.stack([cands[int(k)][b] for b, k in enumerate(best)])
 
+    def _caption_context(self, images: Tensor) -> list[list[Segment]]:
+        """images (B, 3, H, W) in [0, 1] -> per image ``<bos> <boi>`` and its patch slots, laid out
+        as the captioning rows of training (the caption follows an ``<eoi>``)."""
+        patches = self.tok.encode(images.to(self.device))                              # (B, N, d)
+        N = patches.shape[1]
+        first = self.model.adapters["image"].n_patches - N        # next_scale: the finest scale's slots 21..84
+        blocks = None if self.order == "raster" else torch.zeros(N, dtype=torch.long)  # as in training
+        return [[Segment([BOS, BOI]), image_slots(x, first + torch.arange(N), blocks=blocks)] for x in patches]
+
     @torch.no_grad()
     def caption_logprob(self, images: Tensor, prompts: list[str]) -> Tensor:
         """images (B, 3, H, W) in [0, 1], one prompt each -> (B,) log p(prompt words, <eos> | image)
         under this checkpoint's captioning (teacher-forced, one backbone pass; nats)."""
         caps = [self.vocab.encode(p) for p in prompts]
-        patches = self.tok.encode(images.to(self.device))                              # (B, N, d)
-        N = patches.shape[1]
-        first = self.model.adapters["image"].n_patches - N
-        blocks = None if self.order == "raster" else torch.zeros(N, dtype=torch.long)  # as in caption()
-        rows = [[Segment([BOS, BOI]), image_slots(x, first + torch.arange(N), blocks=blocks),
-                 Segment([EOI, *c, EOS], head="lm", scored=torch.tensor([False] + [True] * (len(c) + 1)))]
-                for x, c in zip(patches, caps)]
+        rows = [[*ctx, Segment([EOI, *c, EOS], head="lm", scored=torch.tensor([False] + [True] * (len(c) + 1)))]
+                for ctx, c in zip(self._caption_context(images), caps)]
         batch = pack(rows, PAD).batch()
         target = batch.pop("targets")["lm"].to(self.device)                          # (B, T), -100: unscored
         batch = {k: v for k, v in batch.items() if k != "loss_weights"}
@@ -157,12 +161,7 @@ class ImageModel:
     @torch.no_grad()
     def caption(self, images: Tensor, max_words: int = 24) -> list[str]:
         """images (B, 3, H, W) in [0, 1] -> greedy captions."""
-        patches = self.tok.encode(images)                                              # (B, N, d)
-        N = patches.shape[1]
-        first = self.model.adapters["image"].n_patches - N        # next_scale: the finest scale's slots 21..84
-        blocks = None if self.order == "raster" else torch.zeros(N, dtype=torch.long)  # as in training
-        rows = [[Segment([BOS, BOI]), image_slots(x, first + torch.arange(N), blocks=blocks), Segment([EOI])]
-                for x in patches]
+        rows = [[*ctx, Segment([EOI])] for ctx in self._caption_context(images)]
         words = run_to_end(self.model, CaptionSchedule(self.model, pack(rows, PAD, side="left"), max_words))
         return [self.vocab.decode(w) for w in words]
 
