@@ -249,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--quantiles", default="0.1,0.5,0.9", help="comma-separated (default %(default)s)")
     f.add_argument("--model", default="assets/forecast-zeroshot")
     f.add_argument("-o", "--out", default="forecast.csv")
-    f.add_argument("--force", action="store_true", help="overwrite --out")
+    f.add_argument("--force", action="store_true", help="overwrite --out (and --plot)")
+    f.add_argument("--season", type=int, metavar="M",
+                   help="season length in points (12: monthly data, yearly cycle; 24: hourly, daily; 1: none); "
+                        "default: detected from the series")
+    f.add_argument("--plot", metavar="PNG", help="also draw the history, the median and the 10-90%% band here")
     f.set_defaults(fn=_forecast)
 
     ft = sub.add_parser("finetune-forecast", help="fine-tune a forecaster on one column of a CSV")
@@ -258,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--model", default="assets/forecast-zeroshot")
     ft.add_argument("-o", "--out", required=True, help="folder for the fine-tuned checkpoint")
     ft.add_argument("--steps", type=int, default=200)
+    ft.add_argument("--season", type=int, metavar="M", help="season length in points (default: detected)")
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--batch-size", type=int, default=32)
     ft.add_argument("--val-frac", type=float, default=0.2, help="held-out tail (default %(default)s)")

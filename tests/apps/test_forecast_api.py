@@ -64,6 +64,8 @@ def test_health_docs_and_a_forecast(server):
     code, body = post(server, {"series": [x, x[-40:]], "horizon": 30, "timestamps": ["2020-01-01 00:00", None],
                                "freq": "h"})
     assert code == 200 and np.array(body["forecast"]).shape == (2, 30, 3), body
+    code, body = post(server, {"series": [x], "horizon": 30, "season": 24})
+    assert code == 200 and np.array(body["forecast"]).shape == (1, 30, 3), body
 
 
 @pytest.mark.parametrize("body, code, msg", [
@@ -79,6 +81,8 @@ def test_health_docs_and_a_forecast(server):
     ({"series": [[1, 2]], "horizon": 2000}, 422, "context"),
     ({"series": [[1, 2]], "horizon": 5, "freq": "fortnightly"}, 422, "unknown frequency"),
     ({"series": [[1, 2]], "horizon": 5, "timestamps": ["2020-01-01", None]}, 422, "2 entries for 1 series"),
+    ({"series": [[1, 2]], "horizon": 5, "season": 0}, 422, "greater than or equal"),
+    ({"series": [[1, 2]], "horizon": 5, "season": "12"}, 422, "integer"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, body, code, msg):
     got, detail = post(server, body)

@@ -53,10 +53,25 @@ def test_bad_input_is_a_clear_error(run, series_csv, tmp_path):
     (tmp_path / "text.csv").write_text("a,b\nx,y\n")
     cases = [((None, "OT", 10), "upload a CSV"), ((series_csv, "date", 10), "numeric column"),
              ((series_csv, "OT", 0), "horizon"), ((series_csv, "OT", 2.5), "horizon"),
-             ((str(tmp_path / "bin.csv"), "OT", 10), "UTF-8"), ((str(tmp_path / "text.csv"), "a", 10), "no numeric")]
+             ((str(tmp_path / "bin.csv"), "OT", 10), "UTF-8"), ((str(tmp_path / "text.csv"), "a", 10), "no numeric"),
+             ((series_csv, "OT", 10, "(none)", -1), "season"), ((series_csv, "OT", 10, "(none)", 1.5), "season")]
     for args, msg in cases:
         with pytest.raises(gr.Error, match=msg):
             run(*args)
+
+
+def test_example_csvs_forecast_with_the_shipped_zero_shot_model():
+    """Every example of the tab is a readable CSV whose value column (the last) forecasts with
+    the default model, at the example's horizon and season."""
+    from apps.forecast.app import DEFAULT_MODEL, EXAMPLE_FILES, EXAMPLES
+    run_zs = make_forecast_fn(Forecaster.from_pretrained(DEFAULT_MODEL))
+    for name, horizon, season in EXAMPLE_FILES:
+        path = str(EXAMPLES / name)
+        cols, tcols = csv_columns(path), time_columns(path)
+        assert len(cols) == 1 and len(tcols) == 1, name
+        img, out, info = run_zs(path, cols[0], horizon, tcols[0], season)
+        lines = open(out).read().splitlines()
+        assert len(lines) == horizon + 1 and f"season {season}" in info, info
 
 
 @pytest.fixture(scope="module")

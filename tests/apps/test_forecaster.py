@@ -12,14 +12,13 @@ import yaml
 from apps.forecast.model import Forecaster, SegmentRollout
 from apps.forecast.recipe import SeriesTask
 from backbone.generate import run_to_end
-from modalities.timeseries import instance_stats, segment
+from modalities.timeseries import instance_stats, seasonal_lag, segment
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def forecaster(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fc")
+def _train_tiny(tmp, **extra):
+    """A tiny forecaster trained 2 steps through the CLI on a synthetic ETT-style CSV."""
     t = np.arange(20 * 30 * 24)
     cols = [np.sin(2 * np.pi * t / 24) + 0.01 * t / 24 + i for i in range(2)]
     lines = ["date,a,OT"] + [f"2020-01-01 00:00:00,{a:.4f},{b:.4f}" for a, b in zip(*cols)]
@@ -28,7 +27,7 @@ def forecaster(tmp_path_factory):
            "model": {"preset": "tiny", "args": {"block_size": 16}},
            "train": {"out_dir": str(tmp / "run"), "max_steps": 2, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
                      "eval_every": 0, "ckpt_every": 2, "log_every": 1, "progress": False},
-           "eval": {"batches": 1}}
+           "eval": {"batches": 1}, **extra}
     (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-m", "apps.cli", "train", "forecast", "--config", str(tmp / "cfg.yaml"),
                         "--out", str(tmp / "model")], cwd=ROOT, capture_output=True, text=True, timeout=180)
@@ -36,6 +35,17 @@ def forecaster(tmp_path_factory):
     fc = Forecaster.from_pretrained(tmp / "model")
     fc.folder = tmp / "model"
     return fc
+
+
+@pytest.fixture(scope="module")
+def forecaster(tmp_path_factory):
+    return _train_tiny(tmp_path_factory.mktemp("fc"))
+
+
+@pytest.fixture(scope="module")
+def seasonal(tmp_path_factory):
+    """The same with the seasonal-lag channel (issue 20)."""
+    return _train_tiny(tmp_path_factory.mktemp("fcs"), seasonal_lag=True)
 
 
 def test_ragged_batch_with_nan_and_constant_series(forecaster):
@@ -152,3 +162,83 @@ def test_finetune_cli_improves_held_out_error_and_refuses_bad_input(forecaster, 
     r = subprocess.run(cmd[:4] + [str(tmp_path / "tiny.csv")] + cmd[5:-2] + ["-o", str(tmp_path / "ft2")],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "too short" in r.stderr, r.stderr[-500:]
+
+
+def test_seasonal_model_records_what_it_held_out_and_reads_a_season(seasonal, forecaster):
+    meta = seasonal.model.config["meta"]
+    assert seasonal.seasonal and not forecaster.seasonal
+    assert {"m3", "tourism"} <= set(meta["held_out"])
+    x = np.sin(2 * np.pi * np.arange(80) / 12) * 5 + 20
+    a = seasonal.predict(x, 16, season=12)
+    assert a.shape == (1, 16, 3) and np.isfinite(a).all()
+    assert not np.allclose(a, seasonal.predict(x, 16, season=5))              # the season reaches the model
+    np.testing.assert_allclose(seasonal.predict(x, 16), seasonal.predict(x, 16, season=12), rtol=1e-5)  # detected
+    np.testing.assert_allclose(forecaster.predict(x, 16, season=5), forecaster.predict(x, 16), rtol=1e-6)
+    both = seasonal.predict([x, x], 16, season=[12, 5])
+    np.testing.assert_allclose(both[0], a[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("season, msg", [(-1, "positive"), (True, "positive"), ("12", "positive"),
+                                         (2.5, "positive"), ([12, 4], "one per series")])
+def test_bad_season_is_a_clear_error(seasonal, season, msg):
+    with pytest.raises(ValueError, match=msg):
+        seasonal.predict(np.arange(40.0), 8, season=season)
+
+
+def test_seasonal_rollout_equals_one_forward_with_the_lag_channel(seasonal):
+    """With the lag channel, each fed-back median also carries the seasonal-naive forecast of the
+    segment after it, read off the context and the medians fed so far."""
+    m, S, T = seasonal.model, seasonal.S, seasonal.T
+    s = np.sin(np.arange(60) / 2)
+    x = segment(s, S, *instance_stats(s[-T * S:]), T)[None]                           # (1, T, 2S)
+    per = torch.tensor([12])
+    q = run_to_end(m, SegmentRollout(m, torch.cat([x, seasonal_lag(x, per)], -1), 3, periods=per))
+    head = m.heads["forecast"]
+    med = q[..., head.mid].view(1, 3, S)[:, :2]
+    fed = torch.cat([x, torch.cat([med, torch.ones_like(med)], -1)], 1)              # (1, T + 2, 2S)
+    with torch.no_grad():
+        h = m(adapter_inputs={"segment": torch.cat([fed, seasonal_lag(fed, per)], -1)})
+        torch.testing.assert_close(head(h[:, T - 1:]).flatten(1, 2), q, atol=1e-5, rtol=1e-4)
+
+
+def test_series_task_lag_channel_periods_and_dropout():
+    """Windows get the lag channel at their series' period; period dropout gives period 1."""
+    s = np.tile([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 10)
+    for drop, m in ((0.0, 6), (1.0, 1)):
+        task = SeriesTask({"a": [s]}, [s], 2, 8, 4, nan_prob=0.0, lag=True, periods={id(s): 6},
+                          period_dropout=drop)
+        x = task.train_batch(0, 0, slice(None))["adapter_inputs"]["segment"]      # (4, 8, 8)
+        assert x.shape == (4, 8, 8)
+        torch.testing.assert_close(x[:, :, 4:], seasonal_lag(x[:, :, :4], m))
+
+
+def test_exclude_drops_a_collection_and_refuses_unknown_ones(tmp_path):
+    from apps.forecast.recipe import data_pools
+    with pytest.raises(ValueError, match="unknown collections"):
+        data_pools({"exclude": ["m4"]}, 32)
+    pools, _, _, periods = data_pools({"kernel_synth": 4, "kernel_synth_length": 64, "seasonal_synth": 5,
+                                       "exclude": ["ett"], "ett": ["/nonexistent.csv"]}, 32)
+    assert set(pools) == {"kernel_synth", "seasonal_synth"} and len(periods) == 9
+
+
+def test_cli_season_and_plot(seasonal, tmp_path):
+    from PIL import Image
+    rows = ["t,v"] + [f"{i},{10 + 3 * np.sin(2 * np.pi * i / 12):.4f}" for i in range(120)]
+    (tmp_path / "in.csv").write_text("\n".join(rows) + "\n")
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "apps.cli", "forecast", tmp_path / "in.csv", "--column", "v",
+                               "--horizon", "12", "--model", seasonal.folder, *map(str, args)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = cli("-o", tmp_path / "a.csv", "--quantiles", "0.5", "--plot", tmp_path / "a.png")
+    assert r.returncode == 0 and "season 12 (detected)" in r.stdout, r.stdout + r.stderr
+    assert (tmp_path / "a.csv").read_text().splitlines()[0] == "step,q0.5"
+    assert Image.open(tmp_path / "a.png").size[0] > 300
+    r = cli("-o", tmp_path / "b.csv", "--season", "4")
+    assert r.returncode == 0 and "season 4" in r.stdout and "detected" not in r.stdout
+    for args, msg in [(("--season", "0", "-o", tmp_path / "c.csv"), "--season"),
+                      (("--plot", tmp_path / "c.txt", "-o", tmp_path / "c.csv"), ".png"),
+                      (("--plot", tmp_path / "a.png", "-o", tmp_path / "c.csv"), "exists")]:
+        r = cli(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "c.csv").exists()                       # refused before anything is written

