@@ -242,3 +242,27 @@ def test_cli_season_and_plot(seasonal, tmp_path):
         r = cli(*args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "c.csv").exists()                       # refused before anything is written
+
+
+def test_resume_is_exact_with_an_unused_token_embedding(tmp_path):
+    """A forecaster is fed only through its adapter: its token embedding never gets a gradient, so
+    no optimizer state. --resume must still continue exactly (it failed before issue 20)."""
+    from apps.forecast import recipe
+    from backbone.train import latest_checkpoint
+    from safetensors.torch import load_file
+    s = np.sin(np.arange(20 * 30 * 24) / 7)           # 20 "months": the ETT split
+    rows = ["date,OT"] + [f"2020-01-01 00:00:00,{v:.4f}" for v in s]
+    (tmp_path / "ett.csv").write_text("\n".join(rows) + "\n")
+
+    def cfg(d, **kw):
+        return {"seg_len": 4, "context_segments": 4, "train_segments": 6, "seasonal_lag": True,
+                "data": {"ett": [str(tmp_path / "ett.csv")], "seasonal_synth": 4},
+                "model": {"preset": "tiny", "args": {"block_size": 16}},
+                "train": {"out_dir": str(tmp_path / d), "max_steps": 4, "batch_size": 4, "lr": 1e-3, "warmup_steps": 1,
+                          "eval_every": 0, "ckpt_every": 2, "log_every": 1, "progress": False, **kw},
+                "eval": {"batches": 1}}
+    recipe.run(cfg("a"))
+    recipe.run(cfg("b", stop_after=3))
+    recipe.run(cfg("b"), resume=True)
+    wa, wb = (load_file(str(latest_checkpoint(tmp_path / d) / "model.safetensors")) for d in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

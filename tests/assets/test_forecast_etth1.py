@@ -38,7 +38,7 @@ def test_val_mse_beats_seasonal_naive(val_windows):
     mse = float(((pred[..., 1] - y) ** 2).mean())
     naive = float(((np.tile(x[:, -24:], (1, 4)) - y) ** 2).mean())
     coverage = float(((y >= pred[..., 0]) & (y <= pred[..., 2])).mean())
-    # measured: mse 0.871, seasonal naive 0.911, 10-90% band coverage 0.49 (too narrow: the
-    # model is overconfident on months it has not seen; see the issue notes)
-    assert mse < 0.92 and mse < naive, (mse, naive)
+    # measured: mse 0.727, seasonal naive 0.911, 10-90% band coverage 0.58 (too narrow: the
+    # model is overconfident on months it has not seen). The val split chose dropout 0.2 (issue 20).
+    assert mse < 0.78 and mse < naive, (mse, naive)
     assert 0.40 < coverage < 0.95, coverage
