@@ -13,6 +13,7 @@ import pandas as pd
 
 from apps.forecast.bins import BinForecaster
 from apps.forecast.model import Forecaster
+from apps.forecast.plot import plot_forecast, save_plot
 from modalities.timeseries import as_series
 
 
@@ -124,7 +125,6 @@ def main(a):
     if isinstance(fc, Forecaster) and fc.seasonal:
         msg += f", season {season or fc._seasons(None, [x])[0]}" + (" (detected)" if season is None else "")
     if plot is not None:
-        from apps.forecast.plot import plot_forecast, save_plot
         q3 = full[:, [every.index(q) for q in band]]                                    # (H, 3)
         save_plot(plot_forecast(x, q3, f"{a.column}: median and 10-90% band"), plot)
         msg += f"; plot {plot}"
