@@ -104,7 +104,7 @@ class BatchedForecaster:
         series = context if isinstance(context, list) else [context]
         stamps = timestamps or [None] * len(series)
         self.worker.check(series, horizon, list(quantiles))          # a bad request fails alone
-        self.fc._seasons(season, series)                             # so is a bad season
+        self.fc.seasons(season, series)                             # so is a bad season
         key = (horizon, tuple(quantiles), None, timestamps is not None)
         return np.stack(self.worker.batcher.run_sync(key, [(s, t, season) for s, t in zip(series, stamps)],
                                                      self.timeout))
@@ -141,7 +141,7 @@ def make_forecast_fn(forecaster):
                                                             for k, (a, b, c) in zip(keys, q)))
         info = f"{int(horizon)} steps of **{column}** from {len(x)} points ({int(np.isnan(x).sum())} missing)"
         if getattr(forecaster, "seasonal", False):
-            used = int(season) or forecaster._seasons(None, [x])[0]
+            used = int(season) or forecaster.seasons(None, [x])[0]
             info += f", season {used}" + ("" if int(season) else " (detected)")
         return plot_forecast(x, q, f"{column}: median and 10-90% band", times), str(out), info
     return run

@@ -123,7 +123,7 @@ def main(a):
     msg = f"wrote {out}: {a.horizon} steps of {a.column!r} from {len(x)} points " \
           f"({int(np.isnan(x).sum())} missing), quantiles {qs}"
     if isinstance(fc, Forecaster) and fc.seasonal:
-        msg += f", season {season or fc._seasons(None, [x])[0]}" + (" (detected)" if season is None else "")
+        msg += f", season {season or fc.seasons(None, [x])[0]}" + (" (detected)" if season is None else "")
     if plot is not None:
         q3 = full[:, [every.index(q) for q in band]]                                    # (H, 3)
         save_plot(plot_forecast(x, q3, f"{a.column}: median and 10-90% band"), plot)

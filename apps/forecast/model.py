@@ -146,7 +146,7 @@ class Forecaster:
                         (examples if per else [examples] * len(series))]
             if sum(len(x) for e in examples for x in e) > MAX_CONTEXT * 4:
                 raise ValueError("the examples are too long in total")
-        seasons = self._seasons(season, series)
+        seasons = self.seasons(season, series)
         starts = [None] * len(series)
         if timestamps is not None and self.time_encoder is not None:
             if freq is not None:
@@ -171,7 +171,7 @@ class Forecaster:
         """Whether the model reads a season (the seasonal-lag channel)."""
         return bool(getattr(self.model.adapters["segment"], "lag", False))
 
-    def _seasons(self, season, series: list[np.ndarray]) -> list[int]:
+    def seasons(self, season, series: list[np.ndarray]) -> list[int]:
         """The period of each series: given (one for all, or one each) or detected; ValueError if
         not a positive integer below MAX_CONTEXT."""
         per = list(season) if isinstance(season, (list, tuple, np.ndarray)) else [season] * len(series)
