@@ -32,18 +32,32 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apps.t2i.model import ImageModel, save_images  # noqa: E402
 from benchmarks.common import print_table, write_result  # noqa: E402
-from benchmarks.metrics.image_checks import geneval_lite  # noqa: E402
+from benchmarks.metrics.image_checks import check, geneval_lite  # noqa: E402
 from benchmarks.t2i_unet import load_unet  # noqa: E402
 from modalities.image_shapes import held_out_prompts, make_dataset, parse_caption, render, seen_prompts  # noqa: E402
+from modalities.shape_layout import parse_layout, render_layout  # noqa: E402
 
 
 def _score(m, prompts, a, seed, sched, kw, rerank=1) -> tuple[dict, float, torch.Tensor]:
-    kw = {**kw, **({"rerank": rerank} if rerank > 1 else {})}
+    """One model, prompts and sampling seed -> (GenEval-lite scores, s/image, images). A layout
+    checkpoint's scores add ``plan``: GenEval-lite of its plans rendered exactly (what the words
+    alone get right), and ``drawn``: the share of images that pass among prompts whose plan passes
+    (what the drawing keeps of a right plan)."""
+    planned = getattr(m, "plan", 0) > 0
+    kw = {**kw, **({"rerank": rerank} if rerank > 1 else {}), **({"return_layouts": True} if planned else {}),
+          **({"layout_temperature": a.layout_temperature} if planned else {})}
     t = time.time()
-    images = torch.cat([m.text_to_image(prompts[i:i + a.batch], steps=a.steps, cfg=a.cfg, temperature=a.temperature,
-                                        seed=seed + i, cfg_schedule=sched, **kw)
-                        for i in range(0, len(prompts), a.batch)])
-    return geneval_lite(images, prompts), (time.time() - t) / len(prompts), images
+    outs = [m.text_to_image(prompts[i:i + a.batch], steps=a.steps, cfg=a.cfg, temperature=a.temperature,
+                            seed=seed + i, cfg_schedule=sched, **kw) for i in range(0, len(prompts), a.batch)]
+    dt = (time.time() - t) / len(prompts)
+    images = torch.cat([o[0] if planned else o for o in outs])
+    scores = geneval_lite(images, prompts)
+    if planned:
+        plans = [render_layout(parse_layout(L)) for o in outs for L in o[1]]
+        scores["plan"] = geneval_lite(plans, prompts)["overall"]
+        ok = [(check(p, q)[0], check(im, q)[0]) for p, im, q in zip(plans, images, prompts)]
+        scores["drawn"] = float(np.mean([d for p, d in ok if p])) if any(p for p, _ in ok) else 0.0
+    return scores, dt, images
 
 
 def main():
@@ -56,6 +70,7 @@ def main():
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--cfg", type=float, default=3.0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--layout-temperature", type=float, default=1.0, help="of a layout checkpoint's plan")
     ap.add_argument("--cfg-schedule", nargs="+", default=["constant"], choices=["constant", "linear"],
                     help="one row per schedule: a constant scale, or MAR's linear ramp from 1")
     ap.add_argument("--splits", nargs="+", default=["held_out", "seen"], choices=["held_out", "seen"],
@@ -105,15 +120,17 @@ def main():
             rows.append({"method": f"{name}{passes}{best}, CFG {a.cfg} {sched} ({path})", "split": split,
                          **{t: float(np.mean([r[0][t] for r in runs])) for t in tasks},
                          "overall": float(np.mean(overall)), "spread": max(overall) - min(overall),
+                         **{k: float(np.mean([r[0][k] for r in runs])) for k in ("plan", "drawn") if k in runs[0][0]},
                          "per_seed": overall, "s_per_image": float(np.mean([r[1] for r in runs])), **kw})
             if a.save_grid and split == "held_out" and not any("grid" in r for r in rows):
                 save_images(runs[0][2], a.save_grid, nrow=a.per_task)        # one row of images per task
                 rows[-1]["grid"] = a.save_grid
             print(rows[-1], flush=True)
-    cols = ["method", "split", *tasks, "overall", "spread", "s_per_image"]
+    cols = ["method", "split", *tasks, "overall", "spread", "plan", "drawn", "s_per_image"]
     print()
     print_table(rows, cols)
     res = {"rows": rows, "prompts": len(prompts), "steps": a.steps, "cfg": a.cfg, "temperature": a.temperature,
+           "layout_temperature": a.layout_temperature,
            "cfg_schedule": a.cfg_schedule, "sample_seeds": a.sample_seeds,
            "targets": {"overall": 0.85, "stretch": 0.95, "each_task": 0.7, "seen_minus_held_out": 0.1,
                        "s_per_image": 0.5, "baseline": "baseline UNet2DConditionModel DDPM"}}

@@ -291,9 +291,10 @@ def grammar_words() -> list[str]:
     return sorted(_VOCAB)
 
 
-def make_scenes(n: int, split: str = "train", seed: int = 0,
-                tasks: tuple[str, ...] = TASKS) -> list[tuple[Spec, Spec, np.ndarray]]:
-    """``n`` samples (caption spec, full scene spec, image uint8 (32, 32, 3)), tasks drawn
+def make_scenes(n: int, split: str = "train", seed: int = 0, tasks: tuple[str, ...] = TASKS,
+                with_layout: bool = False) -> list[tuple]:
+    """``n`` samples (caption spec, full scene spec, image uint8 (32, 32, 3)[, the render's
+    layout with ``with_layout``: its object dicts, in the spec's order]), tasks drawn
     uniformly; the same (n, split, seed) gives the same list. Train never contains a held-out
     combination (in the caption or the image); every test sample contains one (position: a
     held-out colour pair on its axis; the other tasks: a held-out colour-shape pair). Train
@@ -311,7 +312,8 @@ def make_scenes(n: int, split: str = "train", seed: int = 0,
                 continue
         elif held_out_in(scene):
             continue
-        out.append((shown, scene, render(scene, rng)[0]))
+        image, objects = render(scene, rng)
+        out.append((shown, scene, image, objects) if with_layout else (shown, scene, image))
     return out
 
 

@@ -118,6 +118,8 @@ class ImageRequest(Strict):
     cfg: float = Field(3.0, ge=0, le=100, description="classifier-free guidance scale (1 = off)")
     temperature: float = Field(1.0, gt=0, le=10)
     seed: int | None = Field(None, ge=0, le=2**62, description="a seeded request runs alone: same seed, same image")
+    rerank: int = Field(1, ge=1, le=8, description="draw this many candidates per image and keep the one the "
+                        "model's own captioning finds likeliest (costs K generations)")
 
 
 class SpeechRequest(Strict):

@@ -2,7 +2,7 @@
 
     GET  /v1/models                 the loaded checkpoints
     POST /v1/completions            text and CIF checkpoints; ``stream: true`` = server-sent events
-    POST /v1/images/generations     b64_json PNGs (+ steps, cfg, temperature, seed)
+    POST /v1/images/generations     b64_json PNGs (+ steps, cfg, temperature, seed, rerank)
     POST /v1/audio/speech           audio/wav
     POST /v1/forecast               apps/forecast/api.py's schema
     GET  /health, /docs, /metrics   (Prometheus text: queue depth, batch rows, tokens, latencies)
@@ -141,15 +141,18 @@ def build_app(workers: dict, limits: Limits | None = None) -> FastAPI:
             w.check(req.prompt, req.size)
         except ValueError as e:
             raise APIError(400, str(e), "size" if "size" in str(e) else "prompt") from None
-        key = (req.steps, req.cfg, req.temperature, None if req.seed is None else (req.seed, uuid.uuid4().hex))
+        key = (req.steps, req.cfg, req.temperature, req.rerank,
+               None if req.seed is None else (req.seed, uuid.uuid4().hex))
         try:
             pngs = await w.batcher.run(key, [req.prompt] * req.n, limits.request_timeout)
         except QueueFull as e:
             raise _busy(e) from None
         except TimeoutError as e:
             raise APIError(504, str(e)) from None
+        # revised_prompt (as DALL-E 3's: what was drawn): a layout checkpoint's plan, else None
         return {"created": int(time.time()),
-                "data": [{"b64_json": base64.b64encode(p).decode(), "revised_prompt": None} for p in pngs]}
+                "data": [{"b64_json": base64.b64encode(p).decode(),
+                          "revised_prompt": f"{req.prompt}; layout: {plan}" if plan else None} for p, plan in pngs]}
 
     # ---- speech ---------------------------------------------------------------------------
     @app.post("/v1/audio/speech")

@@ -26,6 +26,7 @@ from PIL import Image
 from apps.api.engine_proc import EngineProcess
 from apps.forecast.model import Forecaster, check_request
 from apps.t2i.model import ImageModel
+from modalities.shape_layout import describe
 from apps.text.model import encode_prompt
 from apps.tts.checks import check_text, split_sentences
 from apps.tts.model import BatchedSpeech, SpeechModel, join_speech
@@ -226,8 +227,9 @@ class MicroBatcher:
 
 class ImageWorker:
     """A text-to-image checkpoint behind a MicroBatcher: one ``text_to_image`` call per batch of
-    requests with the same (steps, cfg, temperature, seed). A seeded request's key is unique, so it
-    runs alone and gives what the CLI gives for that seed; unseeded requests share a random seed."""
+    requests with the same (steps, cfg, temperature, rerank, seed). A seeded request's key is unique,
+    so it runs alone and gives what the CLI gives for that seed; unseeded requests share a random
+    seed. Each result is (PNG bytes, the image's plan as a line; "" without a layout checkpoint)."""
 
     def __init__(self, name: str, folder: str, device: str = "cpu", window_s: float = 0.02,
                  max_items: int = 16, max_queue: int = 32):
@@ -247,16 +249,17 @@ class ImageWorker:
             raise ValueError(f"size {size!r}: this model makes {self.size} images only")
         self.im.check_prompt(prompt)
 
-    def _run(self, key, prompts: list[str]) -> list[bytes]:
-        steps, cfg, temperature, seeded = key
+    def _run(self, key, prompts: list[str]) -> list[tuple[bytes, str]]:
+        steps, cfg, temperature, rerank, seeded = key
         seed = seeded[0] if seeded else int(torch.randint(0, 2**31 - 1, ()))
-        imgs = self.im.text_to_image(prompts, steps=steps, cfg=cfg, temperature=temperature, seed=seed)
+        imgs, plans = self.im.text_to_image(prompts, steps=steps, cfg=cfg, temperature=temperature, seed=seed,
+                                            rerank=rerank, return_layouts=True)
         out = []
-        for x in imgs:                                   # (3, H, W) in [0, 1] -> PNG bytes
+        for x, plan in zip(imgs, plans):                 # (3, H, W) in [0, 1] -> PNG bytes
             a = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
             buf = io.BytesIO()
             Image.fromarray(a).save(buf, format="PNG")
-            out.append(buf.getvalue())
+            out.append((buf.getvalue(), describe(plan)))
         return out
 
     def close(self):

@@ -25,6 +25,7 @@ import numpy as np
 from apps.serving import check_checkpoint, in_range, serve, user_errors
 from apps.t2i import DEFAULT_CHECKPOINT
 from apps.t2i.model import MAX_RERANK, ImageModel, read_image
+from modalities.shape_layout import describe
 
 # the Model menu, the first (the best on GenEval-lite) the default and the captioner
 DEFAULT_MODEL = ",".join([DEFAULT_CHECKPOINT, "assets/t2i-shapes-flow", "assets/t2i-shapes", "assets/t2i-shapes-mar",
@@ -72,12 +73,14 @@ def make_generate_fn(models):
             raise ValueError(f"no loaded checkpoint is called {choice!r}; loaded: {', '.join(table)}")
         n = in_range("number of images", n, 1, 16)
         kw = {"passes": in_range("passes", passes, 1, model.tok.n_tokens)} if model.order == "mar" else {}
-        images = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
-                                     cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
-                                     temperature=in_range("temperature", temperature, 0, 2, whole=False),
-                                     seed=in_range("seed", seed, 0, 2**62),
-                                     rerank=in_range("best of", rerank, 1, MAX_RERANK), **kw)
-        return [(im, f"{prompt} #{i + 1}") for i, im in enumerate(_show(images))]
+        images, plans = model.text_to_image([prompt] * n, steps=in_range("steps", steps, 1, 100),
+                                            cfg=in_range("CFG scale", cfg, 0, 20, whole=False),
+                                            temperature=in_range("temperature", temperature, 0, 2, whole=False),
+                                            seed=in_range("seed", seed, 0, 2**62),
+                                            rerank=in_range("best of", rerank, 1, MAX_RERANK), return_layouts=True,
+                                            **kw)
+        return [(im, f"{prompt} #{i + 1}" + (f" | plan: {describe(p)}" if p else ""))   # a layout model's plan
+                for i, (im, p) in enumerate(zip(_show(images), plans))]
     return generate
 
 

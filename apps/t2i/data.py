@@ -28,12 +28,19 @@ PAD, BOS, EOS, BOI, EOI, IMG = range(len(SPECIALS))
 
 
 class WordVocab:
-    """Whole-word tokenizer over a small grammar's words; unknown words are named in the error."""
+    """Whole-word tokenizer over a small grammar's words; unknown words are named in the error.
+
+    ``layout``: words of a plan the model writes itself (modalities/shape_layout.py), appended
+    after the grammar's words. A prompt may not use them; ``decode`` drops a plan (its opening
+    word, the first of ``layout``, and the ``layout_len`` words after it)."""
     kind = "words"
 
-    def __init__(self, words: list[str]):
-        self.itos = SPECIALS + sorted(set(words) - set(SPECIALS))
+    def __init__(self, words: list[str], layout: list[str] | tuple = (), layout_len: int = 0):
+        self.layout, self.layout_len = list(layout), layout_len
+        self.itos = SPECIALS + sorted(set(words) - set(SPECIALS) - set(self.layout)) + self.layout
         self.stoi = {w: i for i, w in enumerate(self.itos)}
+        self.reserved = set(SPECIALS) | set(self.layout)
+        self.mark = self.stoi[self.layout[0]] if self.layout else None
 
     @property
     def vocab_size(self) -> int:
@@ -46,24 +53,34 @@ class WordVocab:
         if not isinstance(text, str) or not text.strip():
             raise ValueError("the prompt is empty; describe the image, e.g. 'a red circle to the left of a blue square'")
         words = self.words(text)
-        unknown = sorted({w for w in words if w not in self.stoi or w in SPECIALS})
+        unknown = sorted({w for w in words if w not in self.stoi or w in self.reserved})
         if unknown:
-            known = ", ".join(w for w in self.itos if w not in SPECIALS)
+            known = ", ".join(w for w in self.itos if w not in self.reserved)
             raise ValueError(f"unknown word(s) {', '.join(repr(w) for w in unknown)}; the model knows: {known}")
         return [self.stoi[w] for w in words]
 
+    def split_layout(self, ids) -> tuple[list[int], list[int]]:
+        """Token ids -> (the plan's ``layout_len`` word ids, or [] if there is none; the other ids)."""
+        ids = [int(i) for i in ids]
+        if self.mark is None or self.mark not in ids:
+            return [], ids
+        i = ids.index(self.mark)
+        return ids[i + 1:i + 1 + self.layout_len], ids[:i] + ids[i + 1 + self.layout_len:]
+
     def decode(self, ids) -> str:
-        return " ".join(self.itos[int(i)] for i in ids if int(i) >= len(SPECIALS))
+        return " ".join(self.itos[i] for i in self.split_layout(ids)[1] if self.itos[i] not in self.reserved)
 
     def save(self, folder: str | Path):
-        atomic_write_text(Path(folder) / "vocab.json", json.dumps({"kind": self.kind, "words": self.itos}))
+        extra = {"layout": self.layout, "layout_len": self.layout_len} if self.layout else {}
+        atomic_write_text(Path(folder) / "vocab.json", json.dumps({"kind": self.kind, "words": self.itos, **extra}))
 
     @classmethod
     def load(cls, folder: str | Path) -> "WordVocab":
         f = Path(folder) / "vocab.json"
         if not f.is_file():
             raise FileNotFoundError(f"{f} not found: not a text-to-image checkpoint")
-        return cls(json.loads(f.read_text())["words"])
+        d = json.loads(f.read_text())
+        return cls(d["words"], d.get("layout", ()), d.get("layout_len", 0))
 
 
 MAX_PROMPTS = 64

@@ -34,6 +34,7 @@ from heads.flow import FlowHead
 from heads.lm import LMHead
 from modalities.image import PatchTokenizer
 from modalities.image_embed import PatchEmbed
+from modalities.shape_layout import LAYOUT_LEN, LAYOUT_WORDS, layout_data
 
 ROWS = {"raster": raster_rows, "mar": mar.masked_rows, **blocks.ROWS}   # order -> its training rows
 ORDERS = tuple(ROWS)
@@ -58,24 +59,43 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
                      "image": part(HEADS[kind], dim=args.dim, token_dim=tok.token_dim, **head_kw)},
         adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, **adapter_kw)},
         meta={"task": "t2i", "order": order, "head": kind, "image": tokenizer_config(tok),
-              "data": cfg.get("data", {}).get("kind", "shapes"), **({"order_kw": order_kw} if order_kw else {})})
+              "data": cfg.get("data", {}).get("kind", "shapes"), "layout": bool(vocab.layout), **({"order_kw": order_kw} if order_kw else {})})
     if m.get("init_from"):
         init_weights(model, vocab, m["init_from"])
     return model
 
 
+GROWABLE = ("vocab_size", "block_size")   # what init_from may change: new words (a layout), a longer context
+
+
 def init_weights(model: OmniModel, vocab: WordVocab, folder):
     """``model.init_from``: start from a trained checkpoint's weights (to train it longer, on a
-    new schedule). The config must build the same architecture and vocabulary; ValueError if not."""
+    new schedule). The config must build the same architecture, except that the vocabulary may
+    grow (every old word kept: its embedding and LM-head rows are copied by word, new words keep
+    their fresh init) and the context may grow (RoPE has no position table); ValueError if not."""
     src = OmniModel.from_pretrained(folder)
-    if WordVocab.load(folder).itos != vocab.itos:
-        raise ValueError(f"model.init_from {folder}: its vocabulary differs from the recipe's")
+    old = WordVocab.load(folder).itos
+    if not set(old) <= set(vocab.itos):
+        raise ValueError(f"model.init_from {folder}: its vocabulary has words the recipe's lacks")
     for part_ in ("backbone", "heads", "adapters"):
-        if src.config[part_] != model.config[part_]:
+        a, b = src.config[part_], model.config[part_]
+        if _fixed(a) != _fixed(b) or (part_ == "backbone" and a.get("pos") != "rope" and a != b):
             raise ValueError(f"model.init_from {folder}: its {part_} config differs from this config's; "
                              "copy the model:, head: and image: settings of the config that trained it")
-    model.load_state_dict(src.state_dict(), strict=True)
+    rows = torch.tensor([vocab.stoi[w] for w in old])                 # old id -> new id
+    state = model.state_dict()
+    for k, v in src.state_dict().items():
+        if v.shape != state[k].shape and v.shape[0] == len(old):      # embedding / LM head rows
+            state[k][rows] = v
+        else:
+            state[k].copy_(v)
+    model.load_state_dict(state, strict=True)
     model.config["meta"]["init_from"] = str(folder)
+
+
+def _fixed(c):
+    """A config without its GROWABLE settings, at any depth."""
+    return {k: _fixed(v) for k, v in c.items() if k not in GROWABLE} if isinstance(c, dict) else c
 
 
 class ShapesT2ITask:
@@ -90,6 +110,11 @@ class ShapesT2ITask:
         self.vocab, self.tok, self.batch_size, self.seed = vocab, tok, batch_size, seed
         self.caption_frac, self.caption_drop, self.weights = caption_frac, caption_drop, weights or {}
         self.data = DATA[data]
+        self.plan = bool(vocab.layout)               # the model writes a layout (modalities/shape_layout.py)
+        if self.plan:
+            if data != "shapes":
+                raise ValueError("data.layout needs data.kind 'shapes' (digits have no layout)")
+            self.data = layout_data
         kw = dict(order_kw or {})                    # next_scale / next_cell options (apps/t2i/blocks.py)
         if order == "next_scale":
             kw["patch"] = tok.patch                  # the scale pyramid is built in the tokenizer's patches
@@ -97,10 +122,13 @@ class ShapesT2ITask:
         self._eval = [self._batch(np.random.default_rng([seed, 99, i]), "test") for i in range(eval_batches)]
 
     def _batch(self, g: np.random.Generator, split: str) -> dict:
-        images, prompts, captions = self.data(self.batch_size, split, int(g.integers(2**31)))
+        images, prompts, captions, *plans = self.data(self.batch_size, split, int(g.integers(2**31)))
         modes = ["cap" if g.random() < self.caption_frac else "gen" for _ in prompts]
         caps = [self.vocab.encode(c) if m == "cap" else ([] if g.random() < self.caption_drop else self.vocab.encode(p))
                 for p, c, m in zip(prompts, captions, modes)]
+        if self.plan:   # text-to-image: caption, then its layout; captioning: layout, then caption
+            plan = [[self.vocab.mark] + [self.vocab.stoi[w] for w in L] for L in plans[0]]
+            caps = [c if not c else c + p if m == "gen" else p + c for c, p, m in zip(caps, plan, modes)]
         gen = torch.Generator().manual_seed(int(g.integers(2**31)))          # masks, context noise
         return {**build_batch(self.rows(caps, self.tok.encode(images), modes, gen)), "loss_weights": self.weights}
 
@@ -130,7 +158,7 @@ def _rows(batch: dict, rows: slice) -> dict:
 def build(cfg: dict, tcfg, tok) -> tuple:
     """The recipe's part of ``run_recipe``: vocabulary, model and task -> (model, task, vocab)."""
     d = cfg.get("data", {})
-    vocab = WordVocab(grammar_words(d.get("kind", "shapes")))
+    vocab = WordVocab(grammar_words(d.get("kind", "shapes")), *((LAYOUT_WORDS, LAYOUT_LEN) if d.get("layout") else ()))
     model = build_model(cfg, vocab, tok)
     task = ShapesT2ITask(vocab, tok, tcfg.batch_size, d.get("caption_frac", 0.3), d.get("caption_drop", 0.1),
                          tcfg.seed, cfg.get("eval", {}).get("batches", 4), cfg.get("loss_weights"),
@@ -141,7 +169,7 @@ def build(cfg: dict, tcfg, tok) -> tuple:
 def run(cfg: dict, out: str | None = None, device: str = "cpu", resume: bool = False) -> tuple[OmniModel, dict]:
     tok = make_tokenizer(cfg.get("image"), device=device)
     model, metrics = run_recipe(cfg, partial(build, tok=tok), out, device, resume,
-                                data_keys={"kind", "caption_frac", "caption_drop"})
+                                data_keys={"kind", "caption_frac", "caption_drop", "layout"})
     if out and hasattr(tok, "vae"):  # a latent model carries its VAE (vae/) next to its weights
         tok.save_pretrained(Path(out) / "vae")
     return model, metrics

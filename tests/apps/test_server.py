@@ -152,6 +152,10 @@ def test_images(client):
     a = client.images.generate(model="t2i-shapes", prompt="a red circle", extra_body={"seed": 5, "steps": 10})
     b = client.images.generate(model="t2i-shapes", prompt="a red circle", extra_body={"seed": 5, "steps": 10})
     assert a.data[0].b64_json == b.data[0].b64_json            # a seeded request runs alone
+    assert a.data[0].revised_prompt is None                    # no plan: not a layout checkpoint
+    c = client.images.generate(model="t2i-shapes", prompt="a red circle", extra_body={"seed": 5, "steps": 10,
+                                                                                     "rerank": 2})
+    assert len(c.data) == 1                                    # best of 2, one image
 
 
 def test_speech(client):
@@ -197,6 +201,7 @@ def test_completion_errors_in_openai_shape(client, kw, status, words):
     ("/v1/images/generations", b'{"prompt": "a zorblax"}', 400, "zorblax"),
     ("/v1/images/generations", b'{"prompt": "a red circle", "response_format": "url"}', 400, "response_format"),
     ("/v1/images/generations", b'{"prompt": "a red circle", "size": "1024x1024"}', 400, "32x32"),
+    ("/v1/images/generations", b'{"prompt": "a red circle", "rerank": 9}', 400, "rerank"),
     ("/v1/audio/speech", b'{"input": "", "voice": "alloy"}', 400, "input"),
     ("/v1/audio/speech", b'{"input": "hi", "voice": "bob"}', 400, "unknown voice"),
     ("/v1/audio/speech", b'{"input": "hi", "voice": "alloy", "response_format": "mp3"}', 400, "response_format"),
