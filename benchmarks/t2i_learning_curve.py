@@ -9,7 +9,7 @@ schedule was set for the whole budget (mid-schedule weights), not a separate run
 budget; the EMA makes those mid-run weights fair to sample from.
 
     python benchmarks/t2i_learning_curve.py RUN[@MINUTES] ... [--point NAME=FOLDER@MINUTES ...]
-        [--per-task 24] [--captions 300] [--plot benchmarks/results/t2i_learning_curve.png]
+        [--every K] [--per-task 24] [--captions 300] [--plot benchmarks/results/t2i_learning_curve.png]
 
 ``@MINUTES`` shifts a run that started from a trained checkpoint (``model.init_from``) by that
 checkpoint's training time; ``--point`` adds a finished model (e.g. that starting checkpoint) to
@@ -52,6 +52,7 @@ def main():
                     "first run's curve")
     ap.add_argument("--include", action="append", default=[], help="rows of an earlier result JSON of this script "
                     "(another run's curve, scored the same way) to plot and table beside these")
+    ap.add_argument("--every", type=int, default=1, help="score every K-th checkpoint of a run (and its last)")
     ap.add_argument("--per-task", type=int, default=24)
     ap.add_argument("--captions", type=int, default=300)
     ap.add_argument("--plot", default="benchmarks/results/t2i_learning_curve.png")
@@ -68,6 +69,7 @@ def main():
         ckpts = sorted(p for p in (Path(run) / "ckpt").glob("step_*") if not p.name.endswith(".tmp"))
         if not ckpts:
             sys.exit(f"no checkpoints in {run}/ckpt")
+        ckpts = [c for j, c in enumerate(ckpts) if (j + 1) % a.every == 0 or j == len(ckpts) - 1]
         points = [(name, Path(f), float(m)) for name, fm in (p.split("=", 1) for p in a.point)
                   for f, m in [fm.rsplit("@", 1)]] if i == 0 else []
         for c in ckpts:
