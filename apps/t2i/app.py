@@ -1,7 +1,7 @@
 """Images app: text-to-image (a gallery) and captioning (upload an image, get a caption) on one
 checkpoint.
 
-    python -m apps.t2i.app --model assets/t2i-shapes-flow-long[,assets/t2i-digits,...] [--host 127.0.0.1] [--port 7860]
+    python -m apps.t2i.app --model assets/t2i-shapes-layout[,assets/t2i-digits,...] [--host 127.0.0.1] [--port 7860]
 
 Several checkpoints (comma-separated) fill the Model menu (named by folder, order, head and data);
 the first is the default and does the captioning.
@@ -28,9 +28,9 @@ from apps.t2i.model import MAX_RERANK, ImageModel, read_image
 from modalities.shape_layout import describe
 
 # the Model menu, the first (the best on GenEval-lite) the default and the captioner
-DEFAULT_MODEL = ",".join([DEFAULT_CHECKPOINT, "assets/t2i-shapes-flow", "assets/t2i-shapes", "assets/t2i-shapes-mar",
-                          "assets/t2i-digits"])
-TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes_flow_long.yaml"
+DEFAULT_MODEL = ",".join([DEFAULT_CHECKPOINT, "assets/t2i-shapes-flow-long", "assets/t2i-shapes-flow",
+                          "assets/t2i-shapes", "assets/t2i-shapes-mar", "assets/t2i-digits"])
+TRAIN_COMMAND = "omniar train t2i --config configs/t2i_shapes_layout.yaml"
 MAX_UPLOAD_BYTES = 10 << 20
 SHOW_PX = 192  # generated 32x32 images are shown enlarged (nearest neighbour: crisp pixels)
 

@@ -84,7 +84,7 @@ def test_model_menu_examples_and_caption_examples(model):
 
 def test_missing_checkpoint_names_the_training_command(tmp_path):
     from apps.t2i.app import load_app
-    with pytest.raises(FileNotFoundError, match="omniar train t2i --config configs/t2i_shapes_flow_long.yaml"):
+    with pytest.raises(FileNotFoundError, match="omniar train t2i --config configs/t2i_shapes_layout.yaml"):
         load_app(tmp_path / "nope")
 
 
