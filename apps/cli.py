@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     ti.add_argument("--seed", type=int, default=0)
     ti.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per image and keep the "
                     "one the model's own captioning scores likeliest for the prompt (default %(default)s: off)")
+    ti.add_argument("--layout-temperature", type=float, default=1.0, help="of the plan a layout checkpoint "
+                    "writes first (0-10; lower: the likeliest layouts, less varied; default %(default)s)")
     ti.add_argument("--device", default="cpu")
     ti.set_defaults(fn=_t2i)
 

@@ -26,12 +26,12 @@ from PIL import Image
 from apps.api.engine_proc import EngineProcess
 from apps.forecast.model import Forecaster, check_request
 from apps.t2i.model import ImageModel
-from modalities.shape_layout import describe
 from apps.text.model import encode_prompt
 from apps.tts.checks import check_text, split_sentences
 from apps.tts.model import BatchedSpeech, SpeechModel, join_speech
 from backbone.batching import BatchEngine, QueueFull
 from backbone.sampling import SamplingParams
+from modalities.shape_layout import describe
 from modalities.text import load_tokenizer
 
 

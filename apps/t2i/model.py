@@ -19,8 +19,8 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from apps.t2i.blocks import NextCellSchedule, NextScaleSchedule
-from apps.t2i.layout import LayoutSchedule
 from apps.t2i.data import BOI, BOS, EOI, EOS, MAX_PROMPTS, PAD, WordVocab, encode_prompts, image_slots, make_tokenizer
+from apps.t2i.layout import LayoutSchedule
 from apps.t2i.mar import MaskedSchedule
 from apps.t2i.schedules import CaptionSchedule, ImageSchedule, InterleavedSchedule, RasterSchedule
 from backbone.container import OmniModel
@@ -29,7 +29,7 @@ from backbone.sampling import SamplingParams
 from backbone.sequence import Segment, pack
 from heads.diffusion import cfg_schedule as cfg_at
 from modalities.image import PatchTokenizer
-from modalities.shape_layout import describe
+from modalities.shape_layout import NONE, describe
 
 
 MAX_RERANK = 16             # candidates per prompt for text_to_image(rerank=K)
@@ -184,7 +184,7 @@ class ImageModel:
         unconstrained): B lists of ``layout_len`` word ids."""
         rows = [[*ctx, Segment([EOI])] for ctx in self._caption_context(images)]
         words = run_to_end(self.model, CaptionSchedule(self.model, pack(rows, PAD, side="left"), self.plan))
-        pad, n = [self.vocab.stoi["none"]] * self.vocab.layout_len, self.vocab.layout_len
+        pad, n = [self.vocab.stoi[NONE]] * self.vocab.layout_len, self.vocab.layout_len
         return [(self.vocab.split_layout(w)[0] + pad)[:n] for w in words]
 
     @torch.no_grad()
@@ -262,7 +262,8 @@ def cli_text_to_image(a):
     check_image_path(a.out)
     m = ImageModel.from_pretrained(a.model, device=a.device)
     images, plans = m.text_to_image([a.prompt] * a.n, steps=a.steps, cfg=a.cfg, temperature=a.temperature,
-                                    seed=a.seed, rerank=a.rerank, return_layouts=True)
+                                    seed=a.seed, rerank=a.rerank, return_layouts=True,
+                                    layout_temperature=getattr(a, "layout_temperature", 1.0))
     save_images(images, a.out)
     print(f"wrote {a.out} ({a.n} image{'s' * (a.n > 1)})")
     for i, p in enumerate(plans):                      # a layout checkpoint's plan of each image

@@ -59,7 +59,8 @@ def build_model(cfg: dict, vocab: WordVocab, tok: PatchTokenizer) -> OmniModel:
                      "image": part(HEADS[kind], dim=args.dim, token_dim=tok.token_dim, **head_kw)},
         adapters={"image": part(PatchEmbed, token_dim=tok.token_dim, dim=args.dim, **adapter_kw)},
         meta={"task": "t2i", "order": order, "head": kind, "image": tokenizer_config(tok),
-              "data": cfg.get("data", {}).get("kind", "shapes"), "layout": bool(vocab.layout), **({"order_kw": order_kw} if order_kw else {})})
+              "data": cfg.get("data", {}).get("kind", "shapes"), "layout": bool(vocab.layout),
+              **({"order_kw": order_kw} if order_kw else {})})
     if m.get("init_from"):
         init_weights(model, vocab, m["init_from"])
     return model

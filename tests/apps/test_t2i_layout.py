@@ -145,6 +145,8 @@ def test_the_app_and_the_cli_show_the_plan(planner, planner_dir, tmp_path, capsy
     cli_text_to_image(a)
     lines = capsys.readouterr().out.splitlines()
     assert out.is_file() and lines[1].startswith("plan 1: ") and lines[2].startswith("plan 2: ")
+    with pytest.raises(ValueError, match="layout_temperature must be in"):
+        cli_text_to_image(SimpleNamespace(**{**vars(a), "layout_temperature": float("nan")}))
 
 
 def test_the_api_worker_returns_each_image_with_its_plan(planner_dir):
